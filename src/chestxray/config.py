@@ -1,0 +1,222 @@
+"""params.yaml → typed, validated settings; every bad key or value fails here, in one line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chestxray.backbones import BACKBONES
+from chestxray.errors import UserError
+
+SOURCES = ("synthetic", "kaggle", "local")
+WEIGHTS = ("imagenet", "none")
+IMBALANCE = ("none", "class_weight")
+MONITORS = ("val_loss", "val_accuracy")
+
+# Where each stage reads and writes, relative to the repository root (the stages' working dir).
+RAW_DIR = Path("data/raw")
+MANIFEST_CSV = Path("data/interim/manifest.csv")
+REJECTED_CSV = Path("data/interim/rejected.csv")
+SPLIT_CSV = Path("data/processed/split.csv")
+CACHE_DIR = Path("data/processed/cache")
+MODEL_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+REPORTS_DIR = Path("reports")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str
+    layout: str
+    image_size: int
+    local_path: str
+    kaggle_dataset: str
+    synthetic_images: int
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    val: float
+    test: float
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotation: float
+    shift: float
+    zoom: float
+    contrast: float
+    flip: bool
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    fine_tune_epochs: int
+    fine_tune_layers: int
+    fine_tune_lr_factor: float
+    batch_size: int
+    weights: str
+    imbalance: str
+    monitor: str
+    patience: int
+    dropout: float
+    deterministic: bool
+    augment: AugmentConfig
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    model: str
+    data: DataConfig
+    split: SplitConfig
+    train: TrainConfig
+    backbone: dict[str, Any]  # backbones.<model>: settings of this experiment's backbone
+    flat: dict[str, Any]  # every key of params.yaml, flattened with dots (for MLflow)
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate ``path``; raise UserError naming the key and the allowed values."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run from the repository root") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of keys at the top level")
+    return parse_params(raw, str(path))
+
+
+def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
+    """Validate an already-loaded params mapping (see ``load_params``)."""
+    p = _Reader(raw, where)
+    model = p.choice("model", tuple(BACKBONES))
+    backbone = p.get(f"backbones.{model}")
+    if not isinstance(backbone, dict):
+        raise UserError(f"{where}: backbones.{model} must be a mapping of settings for '{model}'")
+    p.number(f"backbones.{model}.learning_rate", low=0, exclusive=True)
+    source = p.choice("data.source", SOURCES)
+    local_path = p.get("data.local.path", "") or ""
+    if source == "local" and not str(local_path).strip():
+        raise UserError(
+            f"{where}: data.local.path is empty but data.source is 'local'; set it to a folder or"
+            " .zip archive of the dataset (e.g. dvc exp run -S data.local.path=/path/to/archive.zip)"
+        )
+    data = DataConfig(
+        source=source,
+        layout=p.choice("data.layout", ("auto", "covid19-radiography", "class-folders")),
+        image_size=p.integer("data.image_size", low=32),
+        local_path=str(local_path),
+        kaggle_dataset=p.text("data.kaggle.dataset"),
+        synthetic_images=p.integer("data.synthetic.n_images", low=40),
+    )
+    split = SplitConfig(val=p.fraction("split.val"), test=p.fraction("split.test"))
+    if split.val + split.test >= 1:
+        raise UserError(f"{where}: split.val + split.test must be below 1, got {split.val + split.test}")
+    train = TrainConfig(
+        epochs=p.integer("train.epochs", low=1),
+        fine_tune_epochs=p.integer("train.fine_tune_epochs", low=0),
+        fine_tune_layers=p.integer("train.fine_tune_layers", low=0),
+        fine_tune_lr_factor=p.number("train.fine_tune_lr_factor", low=0, exclusive=True),
+        batch_size=p.integer("train.batch_size", low=1),
+        weights=p.choice("train.weights", WEIGHTS),
+        imbalance=p.choice("train.imbalance", IMBALANCE),
+        monitor=p.choice("train.monitor", MONITORS),
+        patience=p.integer("train.patience", low=1),
+        dropout=p.fraction("train.dropout", allow_zero=True),
+        deterministic=p.boolean("train.deterministic"),
+        augment=AugmentConfig(
+            rotation=p.number("train.augment.rotation", low=0),
+            shift=p.fraction("train.augment.shift", allow_zero=True),
+            zoom=p.fraction("train.augment.zoom", allow_zero=True),
+            contrast=p.fraction("train.augment.contrast", allow_zero=True),
+            flip=p.boolean("train.augment.flip"),
+        ),
+    )
+    return Params(
+        seed=p.integer("seed", low=0),
+        model=model,
+        data=data,
+        split=split,
+        train=train,
+        backbone=dict(backbone),
+        flat=flatten(raw),
+    )
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into ``{"a.b.c": value}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+class _Reader:
+    """Reads dotted keys from a params mapping; each failure is one line naming the key."""
+
+    _MISSING = object()
+
+    def __init__(self, raw: dict[str, Any], where: str) -> None:
+        self.raw, self.where = raw, where
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is not self._MISSING:
+                    return default
+                raise UserError(f"{self.where}: missing key '{key}'; add it (see the README's params table)")
+            node = node[part]
+        return node
+
+    def fail(self, key: str, expected: str, value: Any) -> UserError:
+        return UserError(f"{self.where}: {key} must be {expected}, got {value!r}")
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.get(key)
+        if value not in allowed:
+            raise self.fail(key, "one of " + ", ".join(allowed), value)
+        return value
+
+    def integer(self, key: str, low: int) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise self.fail(key, f"an integer >= {low}", value)
+        return value
+
+    def number(self, key: str, low: float, exclusive: bool = False) -> float:
+        value = self.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or value < low or (exclusive and value == low):
+            raise self.fail(key, f"a number {'>' if exclusive else '>='} {low}", value)
+        return float(value)
+
+    def fraction(self, key: str, allow_zero: bool = False) -> float:
+        value = self.number(key, low=0, exclusive=not allow_zero)
+        if value >= 1:
+            raise self.fail(key, f"a fraction in {'[' if allow_zero else '('}0, 1)", value)
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise self.fail(key, "true or false", value)
+        return value
+
+    def text(self, key: str) -> str:
+        value = self.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "a non-empty string", value)
+        return value

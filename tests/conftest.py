@@ -1,0 +1,97 @@
+"""Shared fixtures: real generated data, a real temporary MLflow store, and ../shared."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Keras reads KERAS_HOME once, at import: give the test session its own empty one, so no test
+# sees (or writes to) the user's ~/.keras. Tests that need weights copy them into models/ here.
+KERAS_HOME = Path(tempfile.mkdtemp(prefix="keras-home-"))
+os.environ["KERAS_HOME"] = str(KERAS_HOME)
+
+import yaml
+
+from chestxray import synthetic
+from chestxray.config import Params, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """../shared beside the project (real samples and weights); skipped with a reason if absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: real samples and ImageNet weights are not available here")
+    return SHARED
+
+
+@pytest.fixture
+def keras_weights(shared: Path):
+    """Copy real ImageNet weight files from ../shared into the session's $KERAS_HOME/models."""
+    models = KERAS_HOME / "models"
+    models.mkdir(exist_ok=True)
+    copied = []
+
+    def seed(name: str) -> Path:
+        target = models / name
+        target.write_bytes((shared / "weights/keras" / name).read_bytes())
+        copied.append(target)
+        return target
+
+    yield seed
+    for target in copied:
+        target.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def raw_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset in the Kaggle Radiography layout (generated once per session)."""
+    root = tmp_path_factory.mktemp("raw")
+    synthetic.generate(root, n_images=160, seed=7)
+    return root
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite MLflow store for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    return uri
+
+
+@pytest.fixture
+def params():
+    """The repository's own params.yaml, validated."""
+    return load_params(REPO / "params.yaml")
+
+
+def make_params(**overrides) -> Params:
+    """The repository's params with dotted-key overrides, e.g. ``make_params(**{"train.epochs": 2})``."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in overrides.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(raw_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image cache (32 px) of the session's synthetic dataset, split 70/15/15."""
+    from chestxray.cache import prepare_cache
+    from chestxray.layouts import read_layout
+    from chestxray.splitting import assign_splits
+
+    out = tmp_path_factory.mktemp("cache")
+    table, _ = read_layout(raw_dataset)
+    assign_splits(table, 0.15, 0.15, seed=1).to_csv(out / "split.csv", index=False)
+    prepare_cache(out / "split.csv", out / "cache", image_size=32)
+    return out / "cache"
