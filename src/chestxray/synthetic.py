@@ -1,0 +1,222 @@
+"""Deterministic synthetic chest X-rays laid out like the Kaggle COVID-19 Radiography Database.
+
+The embedded default dataset: every image is drawn from numpy generators seeded by
+``(seed, class, number)``, so a given ``(n_images, seed)`` always gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+DATASET_DIR = "COVID-19_Radiography_Dataset"
+REAL_COUNTS = {"COVID": 3616, "Lung_Opacity": 6012, "Normal": 10192, "Viral Pneumonia": 1345}
+IMAGE_SIZE = 299
+MASK_SIZE = 256
+MIN_IMAGES = 40
+
+_SHEET_PREFIX = {"Normal": "NORMAL"}  # real quirk: the Normal sheet names files NORMAL-<n>
+_URLS = {
+    "COVID": "https://github.com/ieee8023/covid-chestxray-dataset",
+    "Lung_Opacity": "https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data",
+    "Normal": "https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data",
+    "Viral Pneumonia": "https://www.kaggle.com/paultimothymooney/chest-xray-pneumonia",
+}
+_ZIP_TIME = (2021, 3, 6, 0, 0, 0)
+_XML_TIME = b"2021-03-06T00:00:00Z"
+_CORE_TIME = re.compile(rb"(<dcterms:(?:created|modified)[^>]*>)[^<]*")
+
+_AXIS = np.linspace(-1.0, 1.0, IMAGE_SIZE, dtype=np.float32)
+_X, _Y = np.meshgrid(_AXIS, _AXIS)
+
+
+def _class_counts(n_images: int) -> dict[str, int]:
+    """Split ``n_images`` over the classes in the real proportions (largest remainder)."""
+    total = sum(REAL_COUNTS.values())
+    quotas = [n_images * REAL_COUNTS[c] / total for c in CLASSES]
+    counts = [int(q) for q in quotas]
+    by_remainder = sorted(range(len(CLASSES)), key=lambda i: counts[i] - quotas[i])
+    for i in by_remainder[: n_images - sum(counts)]:
+        counts[i] += 1
+    return dict(zip(CLASSES, counts))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically safe logistic function, used for soft anatomical edges."""
+    return 0.5 + 0.5 * np.tanh(0.5 * x)
+
+
+def _smooth_noise(rng: np.random.Generator, rows: int, cols: int | None = None) -> np.ndarray:
+    """Zero-mean smooth noise: a ``rows`` x ``cols`` normal grid upsampled bicubically."""
+    small = Image.fromarray(rng.standard_normal((rows, cols or rows)).astype(np.float32))
+    return np.asarray(small.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
+
+
+def _chest_frame(rng: np.random.Generator, paediatric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Chest coordinates (u: left-right, v: top-bottom) with jittered centre, size and tilt."""
+    scale = rng.uniform(0.60, 0.74) if paediatric else rng.uniform(0.70, 0.88)
+    cx, cy = rng.normal(0.0, 0.04), rng.normal(0.02, 0.04)
+    angle = np.deg2rad(rng.normal(0.0, 2.5))  # slight tilt
+    c, s = float(np.cos(angle)), float(np.sin(angle))
+    dx, dy = _X - cx, _Y - cy
+    u = (c * dx + s * dy) / (scale * rng.uniform(0.92, 1.08))
+    v = (-s * dx + c * dy) / scale
+    return u, v
+
+
+def _lungs(u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Soft (0..1) mask of both lung fields: narrow apices, wide bases, smaller left lung."""
+    lungs = np.zeros_like(u)
+    for side in (-1.0, 1.0):
+        cu, top = side * rng.uniform(0.40, 0.46), rng.uniform(-0.78, -0.68)
+        height, width = rng.uniform(1.25, 1.40) * (0.92 if side > 0 else 1.0), rng.uniform(0.30, 0.35)
+        w = (v - top + 0.12 * side * (u - cu) / width) / height  # 0 at the apex, 1 at the base
+        a = width * (0.45 + 0.55 * np.sqrt(np.clip(w, 0.0, 1.0)))
+        d = ((u - cu) / a) ** 2 + np.square(np.square(2 * w - 1))
+        lungs = np.maximum(lungs, _sigmoid((1.0 - d) / 0.06))
+    return lungs
+
+
+def _anatomy(u: np.ndarray, v: np.ndarray, lungs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Body, spine, heart, clavicles and ribs around dark lungs, intensities in ~0..1."""
+    au = np.abs(u)
+    torso = np.square(np.square(u / rng.uniform(0.95, 1.08))) + np.square(np.square((v - 0.45) / 1.45))
+    body = _sigmoid((1.0 - torso) / 0.08)
+    neck = _sigmoid((0.22 - au) / 0.03)
+    abdomen = body * _sigmoid((v - 0.55) / 0.1)
+    img = 0.05 + rng.uniform(0.50, 0.60) * np.maximum(body, neck) + 0.05 * abdomen
+    spine = _sigmoid((0.11 - au) / 0.02)
+    img += 0.15 * spine
+    heart = ((u - rng.uniform(0.08, 0.16)) / 0.32) ** 2 + ((v - rng.uniform(0.30, 0.40)) / 0.30) ** 2
+    img += 0.08 * _sigmoid((1.0 - heart) / 0.15)
+    img += 0.08 * _sigmoid((0.03 - np.abs(v + 0.68 + 0.12 * au)) / 0.01) * (au < 0.85)  # clavicles
+    ribs = np.cos(2 * np.pi * (rng.uniform(4.5, 5.5) * (v + 0.45 * au - 0.5 * u**2) + rng.uniform()))
+    cage = body * _sigmoid((0.62 - v) / 0.05) * _sigmoid((v + 0.85) / 0.05)
+    img += (0.03 + 0.05 * lungs) * cage * (1.0 - spine) * np.clip(ribs, 0.0, 1.0) ** 2
+    markings = 0.03 * _smooth_noise(rng, 40) + 0.06 * _sigmoid((0.3 - au) / 0.06)  # vessels, hila
+    dark = rng.uniform(0.30, 0.40) * (1.0 - 0.6 * _sigmoid((1.0 - heart) / 0.15))
+    return img + lungs * (markings - dark)
+
+
+def _ridges(noise: np.ndarray) -> np.ndarray:
+    """Thin bright lines along the zero crossings of smooth noise."""
+    return np.exp(-np.square(noise / 0.4))
+
+
+def _blob(
+    u: np.ndarray, v: np.ndarray, cu: float, cv: float, sigma: float, power: int = 1
+) -> np.ndarray:
+    """Soft round opacity of width ``sigma`` centred at (cu, cv) in chest coordinates."""
+    return np.exp(-((((u - cu) ** 2 + (v - cv) ** 2) / (2 * sigma**2)) ** power))
+
+
+def _disease(cls: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Class signature added inside the lungs (zero for Normal)."""
+    out = np.zeros_like(u)
+    if cls == "COVID":  # bilateral, peripheral, lower-zone patchy ground glass
+        for side in (-1.0, 1.0):
+            for _ in range(rng.integers(3, 6)):
+                cu, cv = side * rng.uniform(0.55, 0.70), rng.uniform(0.0, 0.45)
+                out += rng.uniform(0.14, 0.24) * _blob(u, v, cu, cv, rng.uniform(0.06, 0.11))
+        out *= 1.0 + 0.4 * _smooth_noise(rng, 24)
+    elif cls == "Lung_Opacity":  # one larger, denser consolidation in one lung
+        side = rng.choice((-1.0, 1.0))
+        cu, cv = side * rng.uniform(0.35, 0.55), rng.uniform(-0.3, 0.35)
+        out += rng.uniform(0.30, 0.45) * _blob(u, v, cu, cv, rng.uniform(0.11, 0.17), power=2)
+        out *= 1.0 + 0.25 * _smooth_noise(rng, 20)
+    elif cls == "Viral Pneumonia":  # diffuse interstitial, reticular streaks in both lungs
+        streaks = _ridges(_smooth_noise(rng, 6, 30)) + 0.6 * _ridges(_smooth_noise(rng, 22))
+        out += rng.uniform(0.08, 0.12) * streaks * (0.6 + 0.4 * _sigmoid((0.5 - np.abs(u)) / 0.1)) + 0.04
+    return out
+
+
+def _render(cls: str, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """One synthetic radiograph (L, 299x299) and its lung mask (RGB, 256x256, 0/255)."""
+    u, v = _chest_frame(rng, paediatric=cls == "Viral Pneumonia")
+    lungs = _lungs(u, v, rng)
+    img = _anatomy(u, v, lungs, rng) + lungs * _disease(cls, u, v, rng)
+    img += 0.05 * _smooth_noise(rng, 6)  # uneven exposure
+    img += rng.uniform(0.01, 0.03) * rng.standard_normal(img.shape, dtype=np.float32)
+    img = rng.uniform(0.8, 1.2) * (img - 0.35) + 0.35 + rng.normal(0.0, 0.05)
+    img = np.clip(img, 0.0, 1.0) ** rng.uniform(0.8, 1.25)
+    image = Image.fromarray(np.round(img * 255).astype(np.uint8))
+    mask = Image.fromarray(np.where(lungs > 0.5, 255, 0).astype(np.uint8))
+    return image, mask.resize((MASK_SIZE, MASK_SIZE), Image.Resampling.NEAREST).convert("RGB")
+
+
+def _write_metadata(path: Path, cls: str, count: int) -> None:
+    """Write the per-class metadata sheet with fixed timestamps (byte-reproducible)."""
+    prefix = _SHEET_PREFIX.get(cls, cls)
+    frame = pd.DataFrame(
+        {
+            "FILE NAME": [f"{prefix}-{n}" for n in range(1, count + 1)],
+            "FORMAT": "PNG",
+            "SIZE": f"{IMAGE_SIZE}*{IMAGE_SIZE}",
+            "URL": _URLS[cls],
+        }
+    )
+    buffer = io.BytesIO()
+    frame.to_excel(buffer, index=False, engine="openpyxl")
+    path.write_bytes(_freeze_zip(buffer.getvalue()))
+
+
+def _freeze_zip(data: bytes) -> bytes:
+    """Rewrite an xlsx with fixed entry times and fixed created/modified document properties."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for entry in src.infolist():
+            content = src.read(entry)
+            if entry.filename == "docProps/core.xml":
+                content = _CORE_TIME.sub(rb"\g<1>" + _XML_TIME, content)
+            info = zipfile.ZipInfo(entry.filename, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(info, content)
+    return out.getvalue()
+
+
+def _readme(seed: int, counts: dict[str, int]) -> str:
+    """README.md.txt text stating that the data are synthetic."""
+    lines = "\n".join(f"-{counts[c]} {c} images" for c in CLASSES)
+    return (
+        "*****SYNTHETIC COVID-19 CHEST X-RAY DATABASE (NOT REAL DATA)\n\n"
+        "Every image and mask in this folder is SYNTHETIC, generated by the chestxray package\n"
+        f"(chestxray.synthetic) with seed {seed}. No patient data. Not for any clinical use.\n"
+        "It mimics the layout of the Kaggle COVID-19 Radiography Database\n"
+        "(tawsifurrahman/covid19-radiography-database): <Class>/images/<Class>-<n>.png,\n"
+        "<Class>/masks/<Class>-<n>.png and <Class>.metadata.xlsx, with class shares of the\n"
+        "real 3616 COVID / 6012 Lung_Opacity / 10192 Normal / 1345 Viral Pneumonia.\n\n"
+        f"***Counts ({sum(counts.values())} images):\n{lines}\n\n"
+        f"***Formats\n    - PNG, 8-bit grayscale, {IMAGE_SIZE}*{IMAGE_SIZE} pixels; "
+        f"masks RGB {MASK_SIZE}*{MASK_SIZE}, values 0/255.\n"
+    )
+
+
+def generate(root: Path, n_images: int, seed: int) -> dict[str, int]:
+    """Write the synthetic dataset under root/COVID-19_Radiography_Dataset; return images per class."""
+    if n_images < MIN_IMAGES:
+        raise ValueError(f"n_images must be >= {MIN_IMAGES}, got {n_images}")
+    counts = _class_counts(n_images)
+    base = Path(root) / DATASET_DIR
+    for cls in CLASSES:
+        (base / cls / "images").mkdir(parents=True)
+        (base / cls / "masks").mkdir(parents=True)
+        _write_metadata(base / f"{cls}.metadata.xlsx", cls, counts[cls])
+    jobs = [(k, cls, n) for k, cls in enumerate(CLASSES) for n in range(1, counts[cls] + 1)]
+    for k, cls, n in tqdm(jobs, desc="synthetic X-rays", unit="img"):
+        image, mask = _render(cls, np.random.default_rng([seed, k, n]))
+        image.save(base / cls / "images" / f"{cls}-{n}.png")
+        mask.save(base / cls / "masks" / f"{cls}-{n}.png")
+    (base / "README.md.txt").write_text(_readme(seed, counts), encoding="utf-8", newline="\n")
+    logger.info("Wrote %d synthetic images under %s: %s", n_images, base, counts)
+    return counts

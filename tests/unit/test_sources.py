@@ -1,0 +1,78 @@
+"""data/raw from each source: synthetic, a local folder or zip (safely), Kaggle without credentials."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from chestxray.errors import UserError
+from chestxray.io import read_json
+from chestxray.sources import download_kaggle, extract_zip, fetch_dataset
+from conftest import make_params
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synthetic_source_writes_the_layout_and_counts(tmp_path):
+    data = make_params(**{"data.synthetic.n_images": 60}).data
+    metrics = fetch_dataset(data, 3, tmp_path / "raw", tmp_path / "download.json")
+    written = files(tmp_path / "raw")
+    assert metrics == {"source": "synthetic", "files": len(written), "bytes": sum(map(len, written.values()))}
+    assert read_json(tmp_path / "download.json") == metrics
+    assert sum(k.endswith(".png") and "/images/" in k for k in written) == 60
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_local_folder_and_zip_give_the_same_raw_data(raw_dataset, tmp_path):
+    archive = tmp_path / "dataset.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in raw_dataset.rglob("*"):
+            zf.write(p, p.relative_to(raw_dataset).as_posix())
+    for name, path in (("folder", raw_dataset), ("zip", archive)):
+        data = make_params(**{"data.source": "local", "data.local.path": str(path)}).data
+        fetch_dataset(data, 0, tmp_path / name, tmp_path / f"{name}.json")
+    assert files(tmp_path / "folder") == files(tmp_path / "zip") == files(raw_dataset)
+
+
+def test_missing_local_path_keeps_existing_raw_data(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "keep.png").write_bytes(b"old")
+    data = make_params(**{"data.source": "local", "data.local.path": str(tmp_path / "nope")}).data
+    with pytest.raises(UserError, match=r"data.local.path: .*nope does not exist"):
+        fetch_dataset(data, 0, tmp_path / "raw", tmp_path / "download.json")
+    assert files(tmp_path / "raw") == {"keep.png": b"old"}
+    assert not (tmp_path / "download.json").exists()
+
+
+@pytest.mark.parametrize("member", ["../evil.png", "/abs/evil.png", "a/../../evil.png"])
+def test_zip_slip_is_refused_and_nothing_is_written(tmp_path, member):
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok/Normal-1.png", b"fine")
+        zf.writestr(member, b"evil")
+    dest = tmp_path / "deep" / "dest"
+    dest.mkdir(parents=True)
+    with pytest.raises(UserError, match="unsafe member"):
+        extract_zip(archive, dest)
+    assert list(dest.iterdir()) == [] and not list(tmp_path.rglob("evil.png"))
+
+
+def test_corrupt_zip_is_named(tmp_path):
+    archive = tmp_path / "cut.zip"
+    archive.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(UserError, match=r"cut.zip: not a valid zip archive"):
+        extract_zip(archive, tmp_path / "dest")
+
+
+def test_kaggle_without_credentials_is_one_clear_error(tmp_path, monkeypatch):
+    """The real kaggle client: with no kaggle.json and no env credentials it calls exit(1)."""
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle"))
+    with pytest.raises(UserError, match=r"Kaggle credentials not found: save kaggle.json in ~/.kaggle/"):
+        download_kaggle("tawsifurrahman/covid19-radiography-database", tmp_path / "raw")
