@@ -1,0 +1,128 @@
+"""Keras models: backbone (ImageNet or random weights) + its own preprocessing + a classifier head."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+from chestxray.backbones import BACKBONES, TRAINING_KEYS
+from chestxray.errors import UserError
+
+# Keras' default BatchNorm momentum (0.99) leaves the moving statistics near their initial values
+# for hundreds of steps; a small dataset gives a few dozen steps per epoch, and the model then
+# predicts one class at inference. 0.9 tracks the batch statistics within an epoch.
+BN_MOMENTUM = 0.9
+
+
+@keras.saving.register_keras_serializable(package="chestxray")
+class Preprocess(layers.Layer):
+    """Grey images in [0, 255] → what the backbone expects: 3 channels and its ``preprocess_input``.
+
+    Living inside the model, the preprocessing travels with the saved model to evaluation,
+    MLflow and prediction, so no caller can pair a model with the wrong preprocessing.
+    """
+
+    def __init__(self, backbone: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        module = BACKBONES[backbone].module
+        self._preprocess = getattr(keras.applications, module).preprocess_input if module else None
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        if self._preprocess is None:  # the small CNN: one channel, scaled to [0, 1]
+            return x / 255.0
+        if x.shape[-1] == 1:
+            x = ops.repeat(x, 3, axis=-1)
+        return self._preprocess(x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+def build_model(
+    name: str, image_size: int, n_classes: int, weights: str, settings: dict[str, Any], dropout: float
+) -> tuple[keras.Model, keras.Model]:
+    """Return (model, base): input (size, size, 1) grey 0–255 → class probabilities.
+
+    A pretrained base runs in inference mode (``training=False``) so its BatchNorm statistics
+    stay fixed, also once its top layers are unfrozen for fine-tuning.
+    """
+    if name not in BACKBONES:
+        raise UserError(f"unknown model '{name}'; valid: {', '.join(BACKBONES)}")
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = Preprocess(name, name="preprocess")(inputs)
+    base = _base(name, image_size, weights, settings)
+    x = base(x, training=False) if is_pretrained(name, weights) else base(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="head_bn")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"{name}_classifier"), base
+
+
+def is_pretrained(name: str, weights: str) -> bool:
+    """Whether the base starts from ImageNet weights (the small CNN never does)."""
+    return weights == "imagenet" and BACKBONES[name].application is not None
+
+
+def unfreeze_top(base: keras.Model, n_layers: int) -> int:
+    """Make the top ``n_layers`` of ``base`` trainable, BatchNorm excepted; return how many are."""
+    base.trainable = True
+    cut = max(len(base.layers) - n_layers, 0)
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= cut and not isinstance(layer, layers.BatchNormalization)
+    return sum(layer.trainable for layer in base.layers)
+
+
+def keras_models_dir() -> Path:
+    """Where Keras looks for cached weights: ``$KERAS_HOME/models`` (default ~/.keras/models),
+    as Keras resolved it when it was imported."""
+    from keras.src.backend.config import keras_home
+
+    return Path(keras_home()).expanduser() / "models"
+
+
+def _base(name: str, image_size: int, weights: str, settings: dict[str, Any]) -> keras.Model:
+    kwargs = {k: v for k, v in settings.items() if k not in TRAINING_KEYS}
+    application = BACKBONES[name].application
+    if application is None:
+        return _small_cnn(image_size, **kwargs)
+    constructor = getattr(keras.applications, application)
+    try:
+        return constructor(
+            include_top=False,
+            weights="imagenet" if weights == "imagenet" else None,
+            input_shape=(image_size, image_size, 3),
+            **kwargs,
+        )
+    except TypeError as exc:
+        raise UserError(f"params.yaml: backbones.{name} has a setting {application} does not take ({exc})") from None
+    except ValueError as exc:
+        raise UserError(f"params.yaml: {name} cannot be built with these settings: {exc}") from None
+    except Exception as exc:
+        url = re.search(r"https?://\S+?\.h5", str(exc))
+        if not url:
+            raise
+        file = url.group(0).rsplit("/", 1)[1]
+        raise UserError(
+            f"ImageNet weights for {name} are not cached and cannot be downloaded ({url.group(0)}): "
+            f"put {file} in {keras_models_dir()}/ (the folder $KERAS_HOME/models), or set train.weights: none"
+        ) from None
+
+
+def _small_cnn(image_size: int, filters: list[int]) -> keras.Model:
+    """A small VGG-style CNN: per block two 3×3 conv + BatchNorm + ReLU, then 2×2 max-pooling."""
+    inputs = keras.Input((image_size, image_size, 1))
+    x = inputs
+    for i, f in enumerate(filters):
+        for j in range(2):
+            x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv{j + 1}")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{i + 1}_bn{j + 1}")(x)
+            x = layers.ReLU(name=f"block{i + 1}_relu{j + 1}")(x)
+        x = layers.MaxPooling2D(name=f"block{i + 1}_pool")(x)
+    return keras.Model(inputs, x, name="cnn")

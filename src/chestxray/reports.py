@@ -1,0 +1,138 @@
+"""Evaluation plots (PNG, written atomically) and the Markdown leaderboard."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from chestxray.io import atomic_path  # noqa: E402
+
+DPI = 110
+MISSING = "–"
+LEADERBOARD_COLUMNS = (
+    ("run_name", "Run"),
+    ("model", "Model"),
+    ("macro_f1", "Macro F1"),
+    ("accuracy", "Accuracy"),
+    ("roc_auc_macro", "ROC-AUC"),
+    ("covid_sensitivity", "COVID sens."),
+    ("covid_specificity", "COVID spec."),
+    ("weights", "Weights"),
+    ("image_size", "Image size"),
+    ("epochs", "Epochs"),
+    ("train_seconds", "Train s"),
+    ("params", "Params"),
+    ("start_time", "Started"),
+    ("run_id", "Run ID"),
+)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as a PNG via a temp file, then close it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def _matrix_panel(ax: Axes, values: np.ndarray, classes: Sequence[str], title: str, fmt: str, vmax: float) -> None:
+    """Draw one annotated heatmap of ``values`` with class-labelled axes."""
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=30, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    ax.set_title(title)
+    for (row, col), value in np.ndenumerate(values):
+        colour = "white" if value > vmax / 2 else "black"
+        ax.text(col, row, format(value, fmt), ha="center", va="center", color=colour, fontsize=11)
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> None:
+    """Confusion matrix as two panels: raw counts and row-normalised (recall per true class)."""
+    cm = np.asarray(cm, dtype=int)
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = 2.2 + 0.9 * len(classes)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(2 * size + 1.5, size), layout="constrained")
+    _matrix_panel(left, cm, classes, "Counts", "d", max(int(cm.max()), 1))
+    _matrix_panel(right, rates, classes, "Row-normalised (recall per true class)", ".2f", 1.0)
+    _save(fig, path)
+
+
+def plot_roc(curves: dict[str, pd.DataFrame], aucs: dict[str, float | None], path: Path) -> None:
+    """One-vs-rest ROC curves, one line per class with its AUC in the legend, plus chance."""
+    fig, ax = plt.subplots(figsize=(6.5, 6), layout="constrained")
+    for name, curve in curves.items():
+        auc = aucs.get(name)
+        label = f"{name} (AUC = {auc:.3f})" if auc is not None else f"{name} (AUC n/a)"
+        ax.plot(curve["fpr"], curve["tpr"], lw=2, label=label)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="Chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate (1 − specificity)",
+           ylabel="True positive rate (sensitivity)", title="ROC curves (one-vs-rest)")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def plot_history(history: pd.DataFrame, path: Path, fine_tune_start: int | None) -> None:
+    """Training curves: loss and accuracy panels with train/val lines.
+
+    ``fine_tune_start`` is the value on the ``epoch`` axis where fine-tuning begins; a dashed
+    vertical line marks it when given.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for ax, metric, title in zip(axes, ("loss", "accuracy"), ("Loss", "Accuracy")):
+        for column, label in ((metric, "train"), (f"val_{metric}", "validation")):
+            if column in history:
+                ax.plot(history["epoch"], history[column], marker="o", ms=3, label=label)
+        if fine_tune_start is not None:
+            ax.axvline(fine_tune_start, ls="--", color="grey", label="fine-tuning starts")
+        ax.set(title=title, xlabel="Epoch", ylabel=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def _cell(value: Any) -> str:
+    """Format one table cell: floats to 3 decimals, ints with separators, missing as a dash."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return MISSING
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.3f}"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return "×".join(str(v) for v in value)
+    return str(value).replace("|", "\\|") or MISSING
+
+
+def leaderboard_markdown(rows: Sequence[Mapping[str, Any]], best_run_id: str | None, intro: str = "") -> str:
+    """Markdown leaderboard with rows in the given order; the best run is marked with ★."""
+    lines = ["# Leaderboard", "", *([intro, ""] if intro else [])]
+    if not rows:
+        return "\n".join([*lines, "_No runs yet._", ""])
+    header = ["Best", "#", *(title for _, title in LEADERBOARD_COLUMNS)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rank, row in enumerate(rows, start=1):
+        best = "★" if best_run_id is not None and row.get("run_id") == best_run_id else ""
+        cells = [best, str(rank), *(_cell(row.get(key)) for key, _ in LEADERBOARD_COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if best_run_id is not None:
+        lines += ["", f"★ best run: `{best_run_id}`"]
+    return "\n".join(lines) + "\n"

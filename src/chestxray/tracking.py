@@ -1,0 +1,148 @@
+"""MLflow: the store, runs and what they carry. The only module that imports mlflow.
+
+The store is ``MLFLOW_TRACKING_URI`` when set (e.g. a tracking server), else
+``sqlite:///<repo root>/mlflow.db``; a SQLite store keeps artifacts in ``mlartifacts/`` beside it. The repo root is
+``DVC_ROOT`` (set by DVC for every stage, also in queued experiments that run in a temp copy),
+else the working directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from chestxray.config import flatten
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "chestxray"
+
+
+def repo_root() -> Path:
+    """The real repository root, also when DVC runs the stage in a temporary copy."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the SQLite store at the repo root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def experiment_id() -> str:
+    """Id of the experiment (``MLFLOW_EXPERIMENT_NAME``, default 'chestxray'), created on first use."""
+    mlflow.set_tracking_uri(tracking_uri())
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=_artifact_location(tracking_uri()))
+    except MlflowException:  # created meanwhile by a parallel queued experiment
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def _artifact_location(uri: str) -> str | None:
+    """For a SQLite store, ``mlartifacts/`` beside the database file (an absolute path, so runs
+    from queued experiments in temp copies land there too); a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+def run_tags(model: str, data_version: str) -> dict[str, str]:
+    """Tags every run carries: backbone, data version, git commit, DVC experiment."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = ""
+    return {
+        "model": model,
+        "data_version": data_version,
+        "mlflow.source.git.commit": commit,
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+    }
+
+
+@contextlib.contextmanager
+def run(tags: Mapping[str, str] | None = None, run_id: str | None = None) -> Iterator[str]:
+    """Start a run (named after ``DVC_EXP_NAME`` when DVC sets it), or resume ``run_id``."""
+    exp = experiment_id()
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+        except MlflowException:
+            log.warning("run %s is not in %s; starting a new run", run_id, tracking_uri())
+            run_id = None
+    name = os.environ.get("DVC_EXP_NAME") if run_id is None else None
+    with mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=name, tags=dict(tags or {})) as active:
+        log.info("MLflow run %s in %s", active.info.run_id, tracking_uri())
+        yield active.info.run_id
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params flattened with dots (lists as text)."""
+    mlflow.log_params({k: str(v) for k, v in flatten(dict(params)).items()})
+
+
+def log_metrics(metrics: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
+    """Log every finite number in ``metrics`` (nested dicts flattened with dots) under ``prefix``."""
+    numbers = {
+        f"{prefix}{k}": float(v)
+        for k, v in flatten(dict(metrics)).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    mlflow.log_metrics(numbers, step=step)
+
+
+def log_artifacts(folder: Path, artifact_path: str) -> None:
+    """Copy every file of ``folder`` into the run's artifacts under ``artifact_path``."""
+    mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+def log_keras_model(model: Any, example: Any) -> None:
+    """Log ``model`` with the Keras flavor, its signature inferred from ``example`` inputs."""
+    import keras
+
+    signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
+    mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=signature,
+        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow-cpu=={_version('tensorflow')}"],
+    )
+
+
+def runs_for(data_version: str) -> list[dict[str, Any]]:
+    """Every run of the experiment on ``data_version``: run_id, run_name, start_time, params, metrics, tags."""
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id()],
+        filter_string=f"tags.data_version = '{data_version}'",
+        output_format="list",
+    )
+    return [
+        {
+            "run_id": r.info.run_id,
+            "run_name": r.info.run_name,
+            "start_time": r.info.start_time,
+            "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics),
+            "tags": dict(r.data.tags),
+        }
+        for r in runs
+    ]
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package if package != "tensorflow" else "tensorflow-cpu")

@@ -1,0 +1,134 @@
+"""Two-phase transfer learning: the head on a frozen pretrained base, then the top layers of the
+base at a lower rate; best checkpoint by ``train.monitor``; every epoch in MLflow and dvc plots."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from chestxray import tracking
+from chestxray.cache import cache_meta, load_split, make_dataset
+from chestxray.config import AugmentConfig, Params
+from chestxray.io import atomic_path, write_json
+from chestxray.models import build_model, is_pretrained, unfreeze_top
+from chestxray.reports import plot_history
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TensorFlow; with ``deterministic`` also make TF ops deterministic."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def augmenter(cfg: AugmentConfig, seed: int) -> keras.Sequential | None:
+    """Keras preprocessing layers for on-the-fly augmentation, or None when all are off."""
+    steps = []
+    if cfg.rotation:
+        steps.append(keras.layers.RandomRotation(cfg.rotation, fill_mode="constant", seed=seed))
+    if cfg.shift:
+        steps.append(keras.layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant", seed=seed + 1))
+    if cfg.zoom:
+        steps.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="constant", seed=seed + 2))
+    if cfg.contrast:
+        steps.append(keras.layers.RandomContrast(cfg.contrast, value_range=(0, 255), seed=seed + 3))
+    if cfg.flip:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
+    return keras.Sequential(steps, name="augment") if steps else None
+
+
+def class_weights(y: np.ndarray, k: int) -> dict[int, float]:
+    """Balanced weights n / (k · count) so every class weighs the same in the loss."""
+    counts = np.bincount(y, minlength=k)
+    return {i: float(len(y) / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def train_model(params: Params, cache_dir: Path, model_dir: Path, metrics_json: Path, reports_dir: Path) -> dict[str, Any]:
+    """Train ``params.model`` on the cache; write the best model, its run id, metrics and curves."""
+    cfg = params.train
+    seed_everything(params.seed, cfg.deterministic)
+    meta = cache_meta(cache_dir)
+    classes, size, data_version = meta["classes"], meta["image_size"], meta["data_version"]
+    x_train, y_train = load_split(cache_dir, "train")
+    x_val, y_val = load_split(cache_dir, "val")
+    train_ds = make_dataset(x_train, y_train, cfg.batch_size, True, params.seed, augmenter(cfg.augment, params.seed))
+    val_ds = make_dataset(x_val, y_val, cfg.batch_size, False, params.seed)
+    model, base = build_model(params.model, size, len(classes), cfg.weights, params.backbone, cfg.dropout)
+    pretrained = is_pretrained(params.model, cfg.weights)
+    lr = float(params.backbone["learning_rate"])
+    phases = [("head" if pretrained else "full", cfg.epochs, lr, None)]
+    if pretrained and cfg.fine_tune_epochs:
+        phases.append(("fine_tune", cfg.fine_tune_epochs, lr * cfg.fine_tune_lr_factor, cfg.fine_tune_layers))
+    weights = class_weights(y_train, len(classes)) if cfg.imbalance == "class_weight" else None
+
+    with atomic_path(model_dir, is_dir=True) as out, tracking.run(tracking.run_tags(params.model, data_version)) as run_id:
+        tracking.log_params(params.flat)
+        checkpoint = keras.callbacks.ModelCheckpoint(out / "model.keras", monitor=cfg.monitor, save_best_only=True)
+        to_mlflow = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: tracking.log_metrics(logs, step=epoch))
+        history, start, fine_tune_start = [], time.perf_counter(), None
+        for phase, epochs, rate, unfreeze in phases:
+            if unfreeze is None:
+                base.trainable = not pretrained
+            else:
+                fine_tune_start = len(history)
+                log.info("fine-tuning: %d trainable layers in the base", unfreeze_top(base, unfreeze))
+            model.compile(
+                optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+            )
+            log.info("phase %s: %d epochs at learning rate %g, %d trainable weights", phase, epochs, rate, len(model.trainable_weights))
+            fit = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                initial_epoch=len(history),
+                epochs=len(history) + epochs,
+                class_weight=weights,
+                callbacks=[
+                    checkpoint,
+                    keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience),
+                    keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, factor=0.5, patience=max(1, cfg.patience // 2)),
+                    to_mlflow,
+                ],
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+            history += [{"phase": phase, **{k: float(v[i]) for k, v in fit.history.items()}} for i in range(len(fit.history["loss"]))]
+        seconds = time.perf_counter() - start
+        curves = pd.DataFrame(history).rename(columns={"learning_rate": "lr"})
+        curves.insert(0, "epoch", range(1, len(curves) + 1))
+        best = model_best(curves, cfg.monitor)
+        best_model = keras.models.load_model(out / "model.keras")
+        metrics = {
+            "best_epoch": int(best["epoch"]),
+            "best_val_loss": float(best["val_loss"]),
+            "best_val_accuracy": float(best["val_accuracy"]),
+            "epochs_run": len(curves),
+            "train_seconds": round(seconds, 1),
+            "params": int(best_model.count_params()),
+        }
+        tracking.log_metrics(metrics, prefix="train.")
+        tracking.log_keras_model(best_model, np.asarray(x_val[:2], dtype=np.float32))
+        write_json(out / "run.json", {"run_id": run_id, "model": params.model, "classes": classes, "image_size": size, "data_version": data_version})
+        curves_dir = reports_dir / "train"
+        curves_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(curves_dir / "history.csv") as tmp:
+            curves.to_csv(tmp, index=False)
+        plot_history(curves, curves_dir / "curves.png", fine_tune_start=None if fine_tune_start is None else fine_tune_start + 1)
+        tracking.log_artifacts(curves_dir, "train")
+        write_json(metrics_json, metrics)
+    log.info("best epoch %d of %d: val_loss %.4f, val_accuracy %.4f", metrics["best_epoch"], metrics["epochs_run"], metrics["best_val_loss"], metrics["best_val_accuracy"])
+    return metrics
+
+
+def model_best(curves: pd.DataFrame, monitor: str) -> pd.Series:
+    """The row of the epoch the checkpoint kept (first best value of ``monitor``)."""
+    index = curves[monitor].idxmin() if monitor.endswith("loss") else curves[monitor].idxmax()
+    return curves.loc[index]
