@@ -1,0 +1,14 @@
+"""compare: leaderboard of every MLflow run on this data version, best by test macro-F1."""
+
+from chestxray.compare import compare_runs
+from chestxray.config import METRICS_DIR, REPORTS_DIR
+from chestxray.io import read_json
+from chestxray.stage import run_stage
+
+if __name__ == "__main__":
+    run_stage(
+        "compare",
+        lambda p: compare_runs(
+            read_json(METRICS_DIR / "evaluate.json")["data_version"], METRICS_DIR / "compare.json", REPORTS_DIR / "leaderboard.md"
+        ),
+    )

@@ -1,0 +1,173 @@
+"""The whole pipeline as users run it: dvc repro, dvc exp run -S model=…, a queued sweep, MLflow.
+
+Runs the real `dvc` in a temporary copy of the repository (a fresh git repo) on a small synthetic
+config; every stage runs as a subprocess exactly as `dvc repro` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import KERAS_HOME, REPO
+
+pytestmark = pytest.mark.integration
+
+SMALL = {
+    "data.synthetic.n_images": 400,
+    "train.epochs": 8,
+    "train.batch_size": 16,
+    "backbones.cnn.filters": [16, 32, 64],
+    "backbones.mobilenetv2.alpha": 0.35,
+}
+STAGES = ["download", "validate", "split", "prepare", "train", "evaluate", "compare"]
+
+
+def sh(repo: Path, *args: str, timeout: int = 900) -> str:
+    """Run a command in ``repo`` with the test venv first on PATH; fail with its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", KERAS_HOME=str(KERAS_HOME), DVC_NO_ANALYTICS="1")
+    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(args)} failed ({done.returncode}):\n{output[-6000:]}"
+    return output
+
+
+def ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+def set_params(path: Path, values: dict) -> None:
+    raw = yaml.safe_load(path.read_text())
+    for key, value in values.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean copy of the project's files in a new git repo, params set to the small config."""
+    root = tmp_path_factory.mktemp("project")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file() and not name.startswith(("metrics/", "reports/")) and name != "dvc.lock":
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    set_params(root / "params.yaml", SMALL)
+    sh(root, "git", "init", "-q")
+    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_repro(repo: Path) -> str:
+    return sh(repo, "dvc", "repro")
+
+
+def metrics(repo: Path, name: str) -> dict:
+    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
+def test_repro_runs_the_chain_and_learns(repo, first_repro):
+    assert ran(first_repro) == STAGES
+    dag = sh(repo, "dvc", "dag", "--md")
+    names = dict(re.findall(r'(node\d+)\["(\w+)"\]', dag))
+    edges = {(names[a], names[b]) for a, b in re.findall(r"(node\d+)-->(node\d+)", dag)}
+    assert set(zip(STAGES, STAGES[1:])) <= edges
+    assert edges - set(zip(STAGES, STAGES[1:])) == {("prepare", "evaluate")}  # the test split
+    validate, split, evaluate = metrics(repo, "validate"), metrics(repo, "split"), metrics(repo, "evaluate")
+    assert sum(validate["raw"].values()) == 400 and validate["rejected"] == {}
+    assert sum(sum(c.values()) for c in split["counts"].values()) == 400
+    assert evaluate["n"] == sum(split["counts"]["test"].values())
+    assert evaluate["macro_f1"] > 0.5, evaluate  # chance is 0.25 for four classes
+    assert set(evaluate["per_class"]) == {"COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"}
+    compare = metrics(repo, "compare")
+    assert compare["n_runs"] == 1 and compare["best"]["run_id"] == evaluate["run_id"]
+    for png in ("train/curves.png", "evaluate/confusion.png", "evaluate/roc.png"):
+        assert (repo / "reports" / png).stat().st_size > 5000
+
+
+def test_second_repro_runs_nothing(repo, first_repro):
+    assert ran(sh(repo, "dvc", "repro")) == []
+
+
+def test_mlflow_has_the_run_with_params_metrics_model(repo, first_repro):
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("chestxray").experiment_id])
+    assert run.info.run_id == metrics(repo, "evaluate")["run_id"]
+    assert run.data.params["model"] == "cnn" and run.data.params["data.synthetic.n_images"] == "400"
+    assert run.data.metrics["test.macro_f1"] == pytest.approx(metrics(repo, "evaluate")["macro_f1"])
+    assert run.data.tags["data_version"] == metrics(repo, "split")["data_version"]
+    assert run.data.tags["mlflow.source.git.commit"] == sh(repo, "git", "rev-parse", "HEAD").strip()
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"evaluate", "train", "model"}
+    assert (repo / "mlartifacts").is_dir() and not (repo / "mlruns").exists()
+
+
+def test_exp_run_with_another_model_reruns_only_train_evaluate_compare(repo, first_repro):
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline results")
+    output = sh(repo, "dvc", "exp", "run", "-S", "model=mobilenetv2")
+    assert ran(output) == ["train", "evaluate", "compare"]
+    assert json.loads((repo / "models" / "run.json").read_text())["model"] == "mobilenetv2"
+    assert metrics(repo, "compare")["n_runs"] == 2
+
+
+def test_bad_model_fails_in_one_line_and_writes_nothing(repo, first_repro):
+    before = (repo / "metrics" / "train.json").read_bytes()
+    env_params = repo / "params.yaml"
+    original = env_params.read_text()
+    set_params(env_params, {"model": "alexnet"})
+    try:
+        with pytest.raises(AssertionError) as err:
+            sh(repo, "dvc", "repro")
+        log = str(err.value)
+        assert "model must be one of cnn, mobilenetv2, resnet50, vgg16, vgg19, got 'alexnet'" in log
+        assert "Traceback" not in log
+    finally:
+        env_params.write_text(original)
+    assert (repo / "metrics" / "train.json").read_bytes() == before
+
+
+def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, first_repro):
+    sh(repo, "dvc", "exp", "run", "--queue", "-S", "model=cnn,vgg16", "-S", "train.epochs=2")
+    sh(repo, "dvc", "queue", "start", "--jobs", "1")
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = sh(repo, "dvc", "queue", "status")
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(5)
+    assert "Failed" not in status, status + sh(repo, "dvc", "queue", "logs", status.split()[-1] if status.split() else "")
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+    experiments = [
+        exp["revs"][0]["data"]
+        for baseline in shown
+        for exp in (baseline.get("experiments") or [])
+        if exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
+    ]
+    assert sorted(e["params"]["params.yaml"]["data"]["model"] for e in experiments) == ["cnn", "vgg16"]
+    for e in experiments:
+        assert 0 <= e["metrics"]["metrics/evaluate.json"]["data"]["macro_f1"] <= 1
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("chestxray").experiment_id])
+    names = {r.data.tags["dvc_exp_name"] for r in runs if r.data.params.get("train.epochs") == "2"}
+    assert names == {e["meta"]["name"] if "meta" in e else None for e in experiments} or len(names) == 2
+    assert all(r.data.metrics.get("test.macro_f1") is not None for r in runs if r.data.params.get("train.epochs") == "2")
