@@ -135,8 +135,8 @@ def test_exp_run_with_another_model_reruns_only_train_evaluate_compare(repo, fir
 
 def test_bad_model_fails_in_one_line_and_writes_nothing(repo, first_repro):
     """DVC refuses first (train tracks backbones.<model>, which is missing); the stage itself
-    names the valid backbones. Either way: no traceback, non-zero exit, nothing written."""
-    before = (repo / "metrics" / "train.json").read_bytes()
+    names the valid backbones. Either way: no traceback, non-zero exit, nothing downstream written."""
+    downstream = {name: (repo / "metrics" / f"{name}.json").read_bytes() for name in ("evaluate", "compare")}
     params = repo / "params.yaml"
     original = params.read_text()
     set_params(params, {"model": "alexnet"})
@@ -149,7 +149,7 @@ def test_bad_model_fails_in_one_line_and_writes_nothing(repo, first_repro):
         assert errors[0].endswith("train: params.yaml: model must be one of cnn, mobilenetv2, resnet50, vgg16, vgg19, got 'alexnet'")
     finally:
         params.write_text(original)
-    assert (repo / "metrics" / "train.json").read_bytes() == before
+    assert {name: (repo / "metrics" / f"{name}.json").read_bytes() for name in downstream} == downstream
 
 
 def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, first_repro):
