@@ -11,6 +11,8 @@ import yaml
 
 from chestxray.backbones import BACKBONES
 from chestxray.errors import UserError
+from chestxray.layouts import LAYOUTS
+from chestxray.synthetic import MIN_IMAGES
 
 SOURCES = ("synthetic", "kaggle", "local")
 WEIGHTS = ("imagenet", "none")
@@ -111,11 +113,11 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         )
     data = DataConfig(
         source=source,
-        layout=p.choice("data.layout", ("auto", "covid19-radiography", "class-folders")),
+        layout=p.choice("data.layout", ("auto", *LAYOUTS)),
         image_size=p.integer("data.image_size", low=32),
         local_path=str(local_path),
         kaggle_dataset=p.text("data.kaggle.dataset"),
-        synthetic_images=p.integer("data.synthetic.n_images", low=40),
+        synthetic_images=p.integer("data.synthetic.n_images", low=MIN_IMAGES),
     )
     split = SplitConfig(val=p.fraction("split.val"), test=p.fraction("split.test"))
     if split.val + split.test >= 1:

@@ -43,9 +43,14 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
     return skm.confusion_matrix(np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int), labels=range(k))
 
 
+def _both_present(positive: np.ndarray) -> bool:
+    """Whether a one-vs-rest target has both positives and negatives (else ROC is undefined)."""
+    return bool(positive.any() and not positive.all())
+
+
 def _one_vs_rest_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC-AUC of one class against the rest, or None without both positives and negatives."""
-    if positive.all() or not positive.any():
+    if not _both_present(positive):
         return None
     return float(skm.roc_auc_score(positive, scores))
 
@@ -103,7 +108,7 @@ def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -
     curves: dict[str, pd.DataFrame] = {}
     for i, name in enumerate(classes):
         positive = y_true == i
-        if positive.all() or not positive.any():
+        if not _both_present(positive):
             continue
         fpr, tpr, thresholds = skm.roc_curve(positive, y_prob[:, i])
         thresholds = np.where(np.isfinite(thresholds), thresholds, 1.0)

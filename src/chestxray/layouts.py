@@ -110,5 +110,10 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def label_counts(table: pd.DataFrame, column: str = "label") -> dict[str, int]:
+    """Rows per value of ``column``, sorted by value, as plain ints (JSON-ready)."""
+    return {str(k): int(v) for k, v in table[column].value_counts().sort_index().items()}
+
+
 def _frame(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label", "source_label", "mask_path", "in_metadata"])

@@ -12,6 +12,7 @@ from sklearn.model_selection import train_test_split
 
 from chestxray.errors import UserError
 from chestxray.io import atomic_path, write_json
+from chestxray.layouts import label_counts
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def split_dataset(manifest_csv: Path, split_csv: Path, metrics_json: Path, val: 
     table = assign_splits(pd.read_csv(manifest_csv, keep_default_na=False), val, test, seed)
     with atomic_path(split_csv) as tmp:
         table.to_csv(tmp, index=False)
-    counts = {s: {str(k): int(v) for k, v in table.loc[table["split"] == s, "label"].value_counts().sort_index().items()} for s in SPLITS}
+    counts = {s: label_counts(table[table["split"] == s]) for s in SPLITS}
     metrics = {"counts": counts, "data_version": data_version(split_csv)}
     write_json(metrics_json, metrics)
     log.info("split %d images: %s", len(table), {s: sum(c.values()) for s, c in counts.items()})

@@ -17,10 +17,11 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from chestxray.layouts import RADIOGRAPHY_CLASSES as CLASSES
+from chestxray.layouts import RADIOGRAPHY_DIR
+
 logger = logging.getLogger(__name__)
 
-CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
-DATASET_DIR = "COVID-19_Radiography_Dataset"
 REAL_COUNTS = {"COVID": 3616, "Lung_Opacity": 6012, "Normal": 10192, "Viral Pneumonia": 1345}
 IMAGE_SIZE = 299
 MASK_SIZE = 256
@@ -207,7 +208,7 @@ def generate(root: Path, n_images: int, seed: int) -> dict[str, int]:
     if n_images < MIN_IMAGES:
         raise ValueError(f"n_images must be >= {MIN_IMAGES}, got {n_images}")
     counts = _class_counts(n_images)
-    base = Path(root) / DATASET_DIR
+    base = Path(root) / RADIOGRAPHY_DIR
     for cls in CLASSES:
         (base / cls / "images").mkdir(parents=True)
         (base / cls / "masks").mkdir(parents=True)

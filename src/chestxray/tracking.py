@@ -112,13 +112,14 @@ def log_artifacts(folder: Path, artifact_path: str) -> None:
 def log_keras_model(model: Any, example: Any) -> None:
     """Log ``model`` with the Keras flavor, its signature inferred from ``example`` inputs."""
     import keras
+    import tensorflow as tf
 
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
     mlflow.keras.log_model(
         model,
         name="model",
         signature=signature,
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow-cpu=={_version('tensorflow')}"],
+        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
     )
 
 
@@ -140,9 +141,3 @@ def runs_for(data_version: str) -> list[dict[str, Any]]:
         }
         for r in runs
     ]
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package if package != "tensorflow" else "tensorflow-cpu")

@@ -104,7 +104,7 @@ def train_model(params: Params, cache_dir: Path, model_dir: Path, metrics_json: 
         seconds = time.perf_counter() - start
         curves = pd.DataFrame(history).rename(columns={"learning_rate": "lr"})
         curves.insert(0, "epoch", range(1, len(curves) + 1))
-        best = model_best(curves, cfg.monitor)
+        best = best_epoch(curves, cfg.monitor)
         best_model = keras.models.load_model(out / "model.keras")
         metrics = {
             "best_epoch": int(best["epoch"]),
@@ -128,7 +128,7 @@ def train_model(params: Params, cache_dir: Path, model_dir: Path, metrics_json: 
     return metrics
 
 
-def model_best(curves: pd.DataFrame, monitor: str) -> pd.Series:
+def best_epoch(curves: pd.DataFrame, monitor: str) -> pd.Series:
     """The row of the epoch the checkpoint kept (first best value of ``monitor``)."""
     index = curves[monitor].idxmin() if monitor.endswith("loss") else curves[monitor].idxmax()
     return curves.loc[index]

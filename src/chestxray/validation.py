@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from chestxray.images import inspect
 from chestxray.io import atomic_path, write_json
-from chestxray.layouts import read_layout
+from chestxray.layouts import label_counts, read_layout
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,13 @@ def validate_dataset(
     reasons, evaluated, failed = _run_checks(table, checks)
     rejected = pd.DataFrame({"path": table.loc[list(reasons), "path"], "reason": list(reasons.values())})
     clean = table.drop(index=list(reasons)).drop(columns=["error"]).reset_index(drop=True)
-    for reason, n in rejected["reason"].value_counts().items():
+    rejects = label_counts(rejected, "reason")
+    for reason, n in rejects.items():
         log.warning("rejected %d file(s): %s (see %s)", n, reason, rejected_csv)
     metrics = {
-        "raw": _counts(table),
-        "clean": _counts(clean),
-        "rejected": {str(k): int(v) for k, v in rejected["reason"].value_counts().sort_index().items()},
+        "raw": label_counts(table),
+        "clean": label_counts(clean),
+        "rejected": rejects,
         "metadata": reconciliation,
         "expectations": {"evaluated": evaluated, "failed": failed},
     }
@@ -102,6 +103,3 @@ def _run_checks(table: pd.DataFrame, checks: list[Check]) -> tuple[dict[int, str
     stats = result.statistics
     return reasons, int(stats["evaluated_expectations"]), int(stats["unsuccessful_expectations"])
 
-
-def _counts(table: pd.DataFrame) -> dict[str, int]:
-    return {str(k): int(v) for k, v in table["label"].value_counts().sort_index().items()}

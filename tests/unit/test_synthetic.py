@@ -16,7 +16,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from chestxray import synthetic
-from chestxray.synthetic import CLASSES, generate
+from chestxray.layouts import RADIOGRAPHY_CLASSES as CLASSES
+from chestxray.synthetic import generate
 
 N = 120
 SEED = 7
