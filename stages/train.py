@@ -5,4 +5,5 @@ from chestxray.stage import run_stage
 from chestxray.training import train_model
 
 if __name__ == "__main__":
-    run_stage("train", lambda p: train_model(p, CACHE_DIR, MODEL_DIR, METRICS_DIR / "train.json", REPORTS_DIR))
+    records = [METRICS_DIR / "download.json", METRICS_DIR / "validate.json"]
+    run_stage("train", lambda p: train_model(p, CACHE_DIR, MODEL_DIR, METRICS_DIR / "train.json", REPORTS_DIR, records))

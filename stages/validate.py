@@ -7,5 +7,5 @@ from chestxray.validation import validate_dataset
 if __name__ == "__main__":
     run_stage(
         "validate",
-        lambda p: validate_dataset(RAW_DIR, p.data.layout, MANIFEST_CSV, REJECTED_CSV, METRICS_DIR / "validate.json"),
+        lambda p: validate_dataset(RAW_DIR, p.data, MANIFEST_CSV, REJECTED_CSV, METRICS_DIR / "validate.json"),
     )

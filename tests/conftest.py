@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ import pytest
 # sees (or writes to) the user's ~/.keras. Tests that need weights copy them into models/ here.
 KERAS_HOME = Path(tempfile.mkdtemp(prefix="keras-home-"))
 os.environ["KERAS_HOME"] = str(KERAS_HOME)
+# The kaggle client fixes its config folder (kaggle.json) when first imported: give the session
+# its own, so no test reads the user's credentials. Tests that need a kaggle.json write it here.
+KAGGLE_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="kaggle-config-"))
+os.environ["KAGGLE_CONFIG_DIR"] = str(KAGGLE_CONFIG_DIR)
 
 import yaml
 
@@ -28,6 +34,23 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent: real samples and ImageNet weights are not available here")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def radiography_sample(shared: Path) -> Path:
+    """The real Kaggle Radiography sample in ../shared (111 images)."""
+    return shared / "data/covid19-radiography-sample"
+
+
+@pytest.fixture(scope="session")
+def radiography_zip(radiography_sample: Path) -> bytes:
+    """The sample as Kaggle ships the database: one zip of the folder's contents."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(radiography_sample.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(radiography_sample).as_posix())
+    return buf.getvalue()
 
 
 @pytest.fixture
@@ -87,11 +110,12 @@ def make_params(**overrides) -> Params:
 def cache_dir(raw_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The image cache (32 px) of the session's synthetic dataset, split 70/15/15."""
     from chestxray.cache import prepare_cache
+    from chestxray.labels import apply_task
     from chestxray.layouts import read_layout
     from chestxray.splitting import assign_splits
 
     out = tmp_path_factory.mktemp("cache")
-    table, _ = read_layout(raw_dataset)
+    table, _ = apply_task(read_layout(raw_dataset)[0], "4class", {})
     assign_splits(table, 0.15, 0.15, seed=1).to_csv(out / "split.csv", index=False)
     prepare_cache(out / "split.csv", out / "cache", image_size=32)
     return out / "cache"

@@ -11,7 +11,8 @@ import yaml
 
 from chestxray.backbones import BACKBONES
 from chestxray.errors import UserError
-from chestxray.layouts import LAYOUTS
+from chestxray.labels import CLASSES, TASKS
+from chestxray.layouts import LAYOUTS, CsvOptions
 from chestxray.synthetic import MIN_IMAGES
 
 SOURCES = ("synthetic", "kaggle", "local")
@@ -21,6 +22,7 @@ MONITORS = ("val_loss", "val_accuracy")
 
 # Where each stage reads and writes, relative to the repository root (the stages' working dir).
 RAW_DIR = Path("data/raw")
+DOWNLOADS_DIR = Path("data/downloads")  # Kaggle archives while they download (kept if cut, to resume)
 MANIFEST_CSV = Path("data/interim/manifest.csv")
 REJECTED_CSV = Path("data/interim/rejected.csv")
 SPLIT_CSV = Path("data/processed/split.csv")
@@ -34,6 +36,9 @@ REPORTS_DIR = Path("reports")
 class DataConfig:
     source: str
     layout: str
+    task: str
+    label_map: dict[str, str | None]
+    csv: CsvOptions
     image_size: int
     local_path: str
     kaggle_dataset: str
@@ -114,6 +119,13 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
     data = DataConfig(
         source=source,
         layout=p.choice("data.layout", ("auto", *LAYOUTS)),
+        task=p.choice("data.task", tuple(TASKS)),
+        label_map=p.label_map("data.label_map"),
+        csv=CsvOptions(
+            metadata=p.text("data.csv.metadata"),
+            file_column=p.text("data.csv.file_column"),
+            label_column=p.text("data.csv.label_column"),
+        ),
         image_size=p.integer("data.image_size", low=32),
         local_path=str(local_path),
         kaggle_dataset=p.text("data.kaggle.dataset"),
@@ -216,6 +228,13 @@ class _Reader:
         if not isinstance(value, bool):
             raise self.fail(key, "true or false", value)
         return value
+
+    def label_map(self, key: str) -> dict[str, str | None]:
+        value = self.get(key) or {}
+        allowed = (*CLASSES, None)
+        if not isinstance(value, dict) or any(v not in allowed for v in value.values()):
+            raise self.fail(key, "a mapping of source label → one of " + ", ".join(CLASSES) + " (or null to leave it out)", value)
+        return {str(k): v for k, v in value.items()}
 
     def text(self, key: str) -> str:
         value = self.get(key)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
 import shutil
-import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+import requests
 
 from chestxray import synthetic
 from chestxray.config import DataConfig
@@ -17,37 +22,50 @@ from chestxray.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 
-def fetch_dataset(data: DataConfig, seed: int, raw_dir: Path, metrics_json: Path) -> dict[str, Any]:
-    """Fill ``raw_dir`` from ``data.source``, atomically; write file count and size."""
+KAGGLE_ENDPOINT_ENV = "KAGGLE_API_ENDPOINT"
+CREDENTIALS_HELP = (
+    "save kaggle.json (from https://www.kaggle.com/settings, 'Create New Token') in ~/.kaggle/ (or $KAGGLE_CONFIG_DIR), or set "
+    "KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN"
+)
+
+
+def fetch_dataset(data: DataConfig, seed: int, raw_dir: Path, downloads_dir: Path, metrics_json: Path) -> dict[str, Any]:
+    """Fill ``raw_dir`` from ``data.source``, atomically; write where it came from and its size.
+
+    Kaggle downloads record ``slug``, ``version``, and the archive's ``size`` and ``sha256``; a
+    local archive records its ``size`` and ``sha256``."""
+    origin: dict[str, Any] = {}
     with atomic_path(raw_dir, is_dir=True) as tmp:
         if data.source == "synthetic":
             synthetic.generate(tmp, data.synthetic_images, seed)
         elif data.source == "local":
-            ingest_local(Path(data.local_path).expanduser(), tmp)
+            origin = ingest_local(Path(data.local_path).expanduser(), tmp)
         else:
-            download_kaggle(data.kaggle_dataset, tmp)
+            origin = download_kaggle(data.kaggle_dataset, tmp, downloads_dir)
     files = [p for p in raw_dir.rglob("*") if p.is_file()]
-    metrics = {"source": data.source, "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    metrics = {"source": data.source, **origin, "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
     write_json(metrics_json, metrics)
     log.info("%s dataset in %s: %d files, %.1f MB", data.source, raw_dir, metrics["files"], metrics["bytes"] / 1e6)
     return metrics
 
 
-def ingest_local(source: Path, dest: Path) -> None:
-    """Copy a dataset folder, or safely extract a .zip archive, into ``dest``."""
+def ingest_local(source: Path, dest: Path) -> dict[str, Any]:
+    """Copy a dataset folder, or safely extract a .zip archive, into ``dest``; an archive's
+    size and sha256 are returned."""
     if not source.exists():
         raise UserError(f"data.local.path: {source} does not exist; point it to a dataset folder or .zip archive")
     if source.is_dir():
         shutil.copytree(source, dest, dirs_exist_ok=True)
-    elif zipfile.is_zipfile(source):
-        extract_zip(source, dest)
-    else:
+        return {}
+    if not zipfile.is_zipfile(source):
         raise UserError(f"data.local.path: {source} is neither a folder nor a .zip archive")
+    extract_zip(source, dest)
+    return {"size": source.stat().st_size, "sha256": sha256(source)}
 
 
-def extract_zip(archive: Path, dest: Path) -> None:
+def extract_zip(archive: Path, dest: Path, fix: str = "download it again") -> None:
     """Extract ``archive`` into ``dest`` after checking every member: no absolute paths, no '..',
-    no symlinks, every member readable (CRC checked)."""
+    no symlinks, every member readable (CRC checked). Errors end with ``fix``."""
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -57,31 +75,126 @@ def extract_zip(archive: Path, dest: Path) -> None:
                     raise UserError(f"{archive}: unsafe member '{info.filename}' (absolute path, '..' or link); refusing to extract")
             bad = zf.testzip()
             if bad is not None:
-                raise UserError(f"{archive}: member '{bad}' is corrupt; download the archive again")
+                raise UserError(f"{archive}: member '{bad}' is corrupt; {fix}")
             zf.extractall(dest)
-    except zipfile.BadZipFile as exc:
-        raise UserError(f"{archive}: not a valid zip archive ({exc}); download it again") from None
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"{archive}: not a valid zip archive ({exc}); {fix}") from None
 
 
-def download_kaggle(dataset: str, dest: Path) -> None:
-    """Download ``owner/slug`` with the official ``kaggle`` client and extract it into ``dest``."""
-    try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-        api = KaggleApi()
-        api.authenticate()
-    except SystemExit:  # the client calls exit(1) when it finds no credentials
-        raise UserError(
-            "Kaggle credentials not found: save kaggle.json in ~/.kaggle/ or set KAGGLE_USERNAME and "
-            "KAGGLE_KEY (or KAGGLE_API_TOKEN); or use data.source: synthetic"
-        ) from None
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".kaggle-") as tmp:
-        log.info("downloading Kaggle dataset %s", dataset)
+
+def download_kaggle(dataset: str, dest: Path, downloads_dir: Path, retries: int = 5) -> dict[str, Any]:
+    """Download ``owner/slug`` (latest version) or ``owner/slug/<version>`` with the official
+    ``kaggle`` client, verify and extract it into ``dest``; return slug, version, size, sha256.
+
+    The archive is written to ``downloads_dir`` and kept there if the transfer is cut, so the
+    next run resumes it (HTTP Range); it is deleted once extracted, or when it is corrupt."""
+    owner, slug, version = _dataset_parts(dataset)
+    downloads_dir.mkdir(parents=True, exist_ok=True)
+    archive: Path | None = None
+    with _kaggle_endpoint() as endpoint:
+        api = _kaggle_api()
+        from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest, ApiGetDatasetRequest
+
         try:
-            api.dataset_download_files(dataset, path=tmp, unzip=False, quiet=False)
-        except Exception as exc:
-            raise UserError(f"Kaggle download of '{dataset}' failed: {exc}; check data.kaggle.dataset and your network") from None
-        archives = sorted(Path(tmp).glob("*.zip"))
-        if not archives:
-            raise UserError(f"Kaggle download of '{dataset}' produced no .zip archive")
-        extract_zip(archives[0], dest)
+            with api.build_kaggle_client() as client:
+                datasets = client.datasets.dataset_api_client
+                if version is None:
+                    version = datasets.get_dataset(_request(ApiGetDatasetRequest, owner, slug)).current_version_number
+                archive = downloads_dir / f"{owner}--{slug}--v{version}.zip"
+                log.info("downloading Kaggle dataset %s/%s version %d from %s to %s", owner, slug, version, endpoint, archive)
+                response = datasets.download_dataset(_request(ApiDownloadDatasetRequest, owner, slug, version))
+                if api.download_needed(response, str(archive), quiet=True):
+                    api.download_file(response, str(archive), client.http_client(), quiet=False, resume=True, max_retries=retries)
+        except requests.HTTPError as exc:
+            raise _refusal(exc, dataset, endpoint) from None
+        except (OSError, ValueError) as exc:  # refused, cut, timed out, or short of the announced size
+            if archive is None or not archive.exists():
+                raise UserError(
+                    f"cannot reach the Kaggle API at {endpoint} ({exc.__class__.__name__}); check your network"
+                    f" (or {KAGGLE_ENDPOINT_ENV}) and run again"
+                ) from None
+            raise UserError(
+                f"Kaggle download of '{dataset}' was cut ({exc.__class__.__name__}); {archive.stat().st_size} bytes are "
+                f"kept in {archive} and the next run resumes from there; check your network and run again"
+            ) from None
+    origin = {"slug": f"{owner}/{slug}", "version": version, "size": archive.stat().st_size, "sha256": sha256(archive)}
+    try:
+        extract_zip(archive, dest, fix="it was deleted, so the next run downloads it afresh")
+    finally:
+        archive.unlink()
+    log.info("extracted %s/%s v%d (%d bytes, sha256 %s)", owner, slug, version, origin["size"], origin["sha256"])
+    return origin
+
+
+def _request(kind: type, owner: str, slug: str, version: int | None = None) -> Any:
+    """A kagglesdk request object for one dataset (version only where the request has one)."""
+    request = kind()
+    request.owner_slug, request.dataset_slug = owner, slug
+    if version is not None:
+        request.dataset_version_number = version
+    return request
+
+
+def _dataset_parts(dataset: str) -> tuple[str, str, int | None]:
+    parts = dataset.strip("/").split("/")
+    if len(parts) == 4 and parts[2] == "versions":  # as in the dataset's URL
+        parts = [parts[0], parts[1], parts[3]]
+    if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and not parts[2].isdigit()):
+        raise UserError(f"data.kaggle.dataset: '{dataset}' is not 'owner/slug' or 'owner/slug/<version>' as in the dataset's URL")
+    return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else None
+
+
+@contextlib.contextmanager
+def _kaggle_endpoint() -> Iterator[str]:
+    """The Kaggle API endpoint: ``$KAGGLE_API_ENDPOINT`` (a mirror, or a test server) or the
+    client's own production endpoint. The client has no setting for it, so its production entry
+    in ``kagglesdk.kaggle_env`` is pointed there for the duration of the download."""
+    from kagglesdk import kaggle_env
+
+    default = kaggle_env.get_endpoint(kaggle_env.KaggleEnv.PROD)
+    override = os.environ.get(KAGGLE_ENDPOINT_ENV, "").strip().rstrip("/")
+    if override and not override.startswith(("http://", "https://")):
+        raise UserError(f"{KAGGLE_ENDPOINT_ENV}={override!r} is not an http(s) URL; unset it to use {default}")
+    kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.PROD] = override or default
+    try:
+        yield override or default
+    finally:
+        kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.PROD] = default
+
+
+def _kaggle_api() -> Any:
+    """An authenticated ``KaggleApi``; the client calls exit(1) when it finds no credentials."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api = KaggleApi()
+    try:
+        with contextlib.redirect_stdout(None):  # its help text on failure; the error below says it in one line
+            api.authenticate()
+    except SystemExit:
+        raise UserError(f"Kaggle credentials not found: {CREDENTIALS_HELP}; or use data.source: synthetic") from None
+    except requests.RequestException as exc:  # KAGGLE_API_TOKEN is checked online
+        raise UserError(f"Kaggle sign-in failed ({exc.__class__.__name__}); check your network and the token") from None
+    return api
+
+
+def _refusal(exc: requests.HTTPError, dataset: str, endpoint: str) -> UserError:
+    """One line for an HTTP error answer of the Kaggle API."""
+    status = exc.response.status_code if exc.response is not None else 0
+    if status == 401:
+        return UserError(f"Kaggle refused the credentials (HTTP 401) at {endpoint}: they are wrong or revoked; {CREDENTIALS_HELP}")
+    if status == 403:
+        return UserError(
+            f"Kaggle denied access to '{dataset}' (HTTP 403): open the dataset's page on kaggle.com with this "
+            "account and accept its terms, or check that it is public"
+        )
+    if status == 404:
+        return UserError(f"Kaggle dataset '{dataset}' not found (HTTP 404); set data.kaggle.dataset to 'owner/slug' as in its URL")
+    return UserError(f"Kaggle API at {endpoint} answered HTTP {status} for '{dataset}'; try again later")

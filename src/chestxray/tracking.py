@@ -109,6 +109,16 @@ def log_artifacts(folder: Path, artifact_path: str) -> None:
     mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
 
+def log_data_records(records: Mapping[str, Mapping[str, Any]]) -> None:
+    """Log the data stages' records (``{"download": {...}, "validate": {...}}``) as
+    ``data/<name>.json`` artifacts, and where the data came from as ``data.*`` tags (source,
+    Kaggle slug and version, archive sha256)."""
+    for name, record in records.items():
+        mlflow.log_dict(dict(record), f"data/{name}.json")
+    download = records.get("download", {})
+    mlflow.set_tags({f"data.{k}": str(download[k]) for k in ("source", "slug", "version", "sha256") if k in download})
+
+
 def log_keras_model(model: Any, example: Any) -> None:
     """Log ``model`` with the Keras flavor, its signature inferred from ``example`` inputs."""
     import keras

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import tensorflow as tf
 from chestxray import tracking
 from chestxray.cache import cache_meta, load_split, make_dataset
 from chestxray.config import AugmentConfig, Params
-from chestxray.io import atomic_path, write_json
+from chestxray.io import atomic_path, read_json, write_json
 from chestxray.models import build_model, is_pretrained, unfreeze_top
 from chestxray.reports import plot_history
 
@@ -53,8 +54,11 @@ def class_weights(y: np.ndarray, k: int) -> dict[int, float]:
     return {i: float(len(y) / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def train_model(params: Params, cache_dir: Path, model_dir: Path, metrics_json: Path, reports_dir: Path) -> dict[str, Any]:
-    """Train ``params.model`` on the cache; write the best model, its run id, metrics and curves."""
+def train_model(
+    params: Params, cache_dir: Path, model_dir: Path, metrics_json: Path, reports_dir: Path, data_records: Sequence[Path] = ()
+) -> dict[str, Any]:
+    """Train ``params.model`` on the cache; write the best model, its run id, metrics and curves.
+    ``data_records`` (the data stages' metrics JSON) go to the MLflow run as provenance."""
     cfg = params.train
     seed_everything(params.seed, cfg.deterministic)
     meta = cache_meta(cache_dir)
@@ -73,6 +77,7 @@ def train_model(params: Params, cache_dir: Path, model_dir: Path, metrics_json: 
 
     with atomic_path(model_dir, is_dir=True) as out, tracking.run(tracking.run_tags(params.model, data_version)) as run_id:
         tracking.log_params(params.flat)
+        tracking.log_data_records({p.stem: read_json(p) for p in data_records if p.exists()})
         checkpoint = keras.callbacks.ModelCheckpoint(out / "model.keras", monitor=cfg.monitor, save_best_only=True)
         to_mlflow = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: tracking.log_metrics(logs, step=epoch))
         history, start, fine_tune_start = [], time.perf_counter(), None

@@ -12,8 +12,10 @@ import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from tqdm import tqdm
 
+from chestxray.config import DataConfig
 from chestxray.images import inspect
 from chestxray.io import atomic_path, write_json
+from chestxray.labels import TASKS, apply_task
 from chestxray.layouts import label_counts, read_layout
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,12 @@ class Check:
 
 
 def validate_dataset(
-    raw_dir: Path, layout: str, manifest_csv: Path, rejected_csv: Path, metrics_json: Path
+    raw_dir: Path, data: DataConfig, manifest_csv: Path, rejected_csv: Path, metrics_json: Path
 ) -> dict[str, Any]:
-    """Read ``raw_dir``, decode every image, run the checks, write the clean and rejected tables."""
-    table, reconciliation = read_layout(raw_dir, layout)
+    """Read ``raw_dir`` in ``data.layout``, label it for ``data.task``, decode every image, run
+    the checks, write the clean and rejected tables."""
+    table, reconciliation = read_layout(raw_dir, data.layout, data.csv)
+    table, task = apply_task(table, data.task, data.label_map)
     infos = [inspect(Path(p)) for p in tqdm(table["path"], desc="decode", unit="img")]
     table = table.assign(
         format=[i.format or "" for i in infos],
@@ -41,7 +45,7 @@ def validate_dataset(
         mode=[i.mode or "" for i in infos],
         error=[i.error or "" for i in infos],
     )
-    checks = _checks(table, has_metadata=bool(reconciliation))
+    checks = _checks(table, TASKS[data.task], has_metadata=bool(reconciliation))
     reasons, evaluated, failed = _run_checks(table, checks)
     rejected = pd.DataFrame({"path": table.loc[list(reasons), "path"], "reason": list(reasons.values())})
     clean = table.drop(index=list(reasons)).drop(columns=["error"]).reset_index(drop=True)
@@ -53,6 +57,7 @@ def validate_dataset(
         "clean": label_counts(clean),
         "rejected": rejects,
         "metadata": reconciliation,
+        "task": task,
         "expectations": {"evaluated": evaluated, "failed": failed},
     }
     for frame, path in ((clean, manifest_csv), (rejected, rejected_csv)):
@@ -63,13 +68,13 @@ def validate_dataset(
     return metrics
 
 
-def _checks(table: pd.DataFrame, has_metadata: bool) -> list[Check]:
+def _checks(table: pd.DataFrame, classes: tuple[str, ...], has_metadata: bool) -> list[Check]:
     e = gx.expectations
     checks = [
         Check(e.ExpectColumnValuesToNotBeNull(column="path"), None),
         Check(e.ExpectColumnValuesToBeUnique(column="path"), "duplicate_path"),
         Check(e.ExpectColumnValuesToBeInSet(column="error", value_set=[""]), "error"),
-        Check(e.ExpectColumnValuesToMatchRegex(column="label", regex=r"\S"), "no_label"),
+        Check(e.ExpectColumnValuesToBeInSet(column="label", value_set=list(classes)), "label_not_in_task"),
     ]
     if has_metadata:  # every file has a metadata row (case-insensitively): reported, not rejected
         checks.append(Check(e.ExpectColumnValuesToBeInSet(column="in_metadata", value_set=[True]), None))

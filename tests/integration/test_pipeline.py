@@ -6,9 +6,11 @@ params (the embedded synthetic dataset); every stage runs as a subprocess exactl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import pytest
 import yaml
 
 from conftest import KERAS_HOME, REPO
+from kaggle_server import SLUG, USER, KaggleStub
 
 pytestmark = pytest.mark.integration
 
@@ -57,10 +60,8 @@ def set_params(path: Path, values: dict) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clean copy of the project's files in a new git repo (no results, no lock file)."""
-    root = tmp_path_factory.mktemp("project")
+def clean_copy(root: Path) -> Path:
+    """Copy the project's files into ``root`` as a new git repo (no results, no lock file)."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split("\0")
@@ -74,6 +75,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
     return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return clean_copy(tmp_path_factory.mktemp("project"))
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +123,8 @@ def test_mlflow_has_the_run_with_params_metrics_model(repo, first_repro):
     assert run.data.metrics["test.macro_f1"] == pytest.approx(metrics(repo, "evaluate")["macro_f1"])
     assert run.data.tags["data_version"] == metrics(repo, "split")["data_version"]
     assert run.data.tags["mlflow.source.git.commit"] == sh(repo, "git", "rev-parse", "HEAD").strip()
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"evaluate", "train"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"data", "evaluate", "train"}
+    assert run.data.tags["data.source"] == "synthetic" and "data.slug" not in run.data.tags
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     model = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")  # Keras flavor, with signature
     assert "keras" in model.flavors and json.loads(model.signature.to_dict()["inputs"])[0]["tensor-spec"]["shape"] == [-1, 64, 64, 1]
@@ -178,3 +185,31 @@ def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, firs
     assert sorted(r.data.tags["model"] for r in queued) == ["cnn", "vgg16"]
     assert all(r.data.tags["dvc_exp_name"] and r.info.run_name == r.data.tags["dvc_exp_name"] for r in queued)
     assert all("test.macro_f1" in r.data.metrics for r in queued)
+
+
+def test_exp_run_on_kaggle_downloads_with_the_real_client_and_runs_everything(tmp_path, radiography_zip, monkeypatch):
+    """`dvc exp run -S data.source=kaggle -S data.task=3class`, the real kaggle client talking to
+    a Kaggle stand-in on 127.0.0.1 (Kaggle is unreachable here) serving the real Radiography sample."""
+    project = clean_copy(tmp_path / "project")
+    archive, key = radiography_zip, secrets.token_hex(16)  # a key written nowhere in the project
+    with KaggleStub({SLUG: archive}, USER, key) as stub:
+        monkeypatch.setenv("KAGGLE_API_ENDPOINT", stub.url)
+        monkeypatch.setenv("KAGGLE_USERNAME", USER)
+        monkeypatch.setenv("KAGGLE_KEY", key)
+        output = sh(project, "dvc", "exp", "run", "-S", "data.source=kaggle", "-S", "data.task=3class", "-S", "train.epochs=3")
+    assert ran(output) == STAGES
+    download, validate = metrics(project, "download"), metrics(project, "validate")
+    assert download["slug"] == SLUG and download["version"] == stub.version
+    assert download["sha256"] == hashlib.sha256(archive).hexdigest() and download["size"] == len(archive)
+    assert validate["clean"] == {"COVID": 30, "Normal": 30, "Viral Pneumonia": 22}
+    assert validate["task"]["excluded"] == {"Lung_Opacity": 29}
+    assert sorted(metrics(project, "evaluate")["per_class"]) == ["COVID", "Normal", "Viral Pneumonia"]
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("chestxray").experiment_id])
+    assert run.data.tags["data.slug"] == SLUG and run.data.tags["data.sha256"] == download["sha256"]
+    assert run.data.tags["data.version"] == str(stub.version) and run.data.params["data.task"] == "3class"
+    logged = Path(client.download_artifacts(run.info.run_id, "data/validate.json", str(tmp_path)))
+    assert json.loads(logged.read_text())["task"]["mapping"]["Lung_Opacity"] is None
+    assert key not in output
+    for path in project.rglob("*"):  # the key is in no log, param, artifact, cache or store
+        assert not path.is_file() or key.encode() not in path.read_bytes(), path

@@ -14,37 +14,18 @@ from chestxray.cache import cache_meta, load_split, make_dataset, prepare_cache
 from chestxray.errors import UserError
 from chestxray.images import inspect, load_gray
 from chestxray.io import read_json
-from chestxray.layouts import detect_layout, read_layout
+from chestxray.labels import apply_task
+from chestxray.layouts import read_layout
 from chestxray.splitting import assign_splits, data_version, split_dataset
 from chestxray.validation import validate_dataset
+from conftest import make_params
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 
 
-def test_radiography_layout_reconciles_metadata_case_insensitively(raw_dataset):
-    table, recon = read_layout(raw_dataset)
-    assert detect_layout(raw_dataset) == "covid19-radiography"
-    assert sorted(table["label"].unique()) == CLASSES
-    assert len(table) == 160
-    normals = (table["label"] == "Normal").sum()
-    # the Normal sheet says NORMAL-<n>, the files Normal-<n>.png: matched, but only ignoring case
-    assert recon == {"matched": 160 - normals, "matched_case_insensitive": normals, "files_without_row": 0, "rows_without_file": 0}
-    assert all(Path(m).is_file() for m in table["mask_path"])
-
-
-def test_real_radiography_sample(shared):
-    """The real Kaggle sample: 111 images, no masks, no metadata workbooks."""
-    table, recon = read_layout(shared / "data/covid19-radiography-sample", "covid19-radiography")
-    assert table["label"].value_counts().to_dict() == {"COVID": 30, "Normal": 30, "Lung_Opacity": 29, "Viral Pneumonia": 22}
-    assert recon["matched"] == 0 and (table["mask_path"] == "").all()
-    rgb = table[table["path"].str.endswith("Viral Pneumonia-205.png")]
-    assert inspect(Path(rgb["path"].iloc[0])).mode == "RGB"
-
-
-def test_unknown_layout_is_a_clear_error(tmp_path):
-    (tmp_path / "notes.txt").write_text("no images here")
-    with pytest.raises(UserError, match=r"unknown dataset layout.*set data.layout"):
-        detect_layout(tmp_path)
+def labelled(root: Path) -> pd.DataFrame:
+    """The layout's table of ``root`` labelled for the 4-class task."""
+    return apply_task(read_layout(root)[0], "4class", {})[0]
 
 
 def test_validate_rejects_unreadable_files_with_one_reason_each(raw_dataset, tmp_path):
@@ -56,7 +37,7 @@ def test_validate_rejects_unreadable_files_with_one_reason_each(raw_dataset, tmp
     data = (images / "COVID-3.png").read_bytes()
     (images / "COVID-3.png").write_bytes(data[: len(data) // 2])  # truncated
     out = tmp_path / "out"
-    metrics = validate_dataset(raw, "auto", out / "manifest.csv", out / "rejected.csv", out / "validate.json")
+    metrics = validate_dataset(raw, make_params().data, out / "manifest.csv", out / "rejected.csv", out / "validate.json")
 
     rejected = pd.read_csv(out / "rejected.csv")
     by_name = {Path(p).name: r for p, r in zip(rejected["path"], rejected["reason"])}
@@ -71,7 +52,7 @@ def test_validate_rejects_unreadable_files_with_one_reason_each(raw_dataset, tmp
 
 
 def test_split_is_stratified_seeded_and_complete(raw_dataset, tmp_path):
-    table, _ = read_layout(raw_dataset)
+    table = labelled(raw_dataset)
     a = assign_splits(table, 0.15, 0.15, seed=1)
     b = assign_splits(table.sample(frac=1, random_state=3), 0.15, 0.15, seed=1)
     assert a.equals(b)  # input order does not matter
@@ -106,7 +87,7 @@ def test_gray_conversion_of_odd_modes(tmp_path):
 
 
 def test_cache_holds_each_split_once_and_streams_it(raw_dataset, tmp_path):
-    table, _ = read_layout(raw_dataset)
+    table = labelled(raw_dataset)
     split_csv = tmp_path / "split.csv"
     assign_splits(table, 0.15, 0.15, seed=1).to_csv(split_csv, index=False)
     meta = prepare_cache(split_csv, tmp_path / "cache", image_size=32)

@@ -9,7 +9,7 @@ import pytest
 
 from chestxray.errors import UserError
 from chestxray.io import read_json
-from chestxray.sources import download_kaggle, extract_zip, fetch_dataset
+from chestxray.sources import extract_zip, fetch_dataset
 from conftest import make_params
 
 
@@ -19,7 +19,7 @@ def files(root: Path) -> dict[str, bytes]:
 
 def test_synthetic_source_writes_the_layout_and_counts(tmp_path):
     data = make_params(**{"data.synthetic.n_images": 60}).data
-    metrics = fetch_dataset(data, 3, tmp_path / "raw", tmp_path / "download.json")
+    metrics = fetch_dataset(data, 3, tmp_path / "raw", tmp_path / "downloads", tmp_path / "download.json")
     written = files(tmp_path / "raw")
     assert metrics == {"source": "synthetic", "files": len(written), "bytes": sum(map(len, written.values()))}
     assert read_json(tmp_path / "download.json") == metrics
@@ -34,7 +34,7 @@ def test_local_folder_and_zip_give_the_same_raw_data(raw_dataset, tmp_path):
             zf.write(p, p.relative_to(raw_dataset).as_posix())
     for name, path in (("folder", raw_dataset), ("zip", archive)):
         data = make_params(**{"data.source": "local", "data.local.path": str(path)}).data
-        fetch_dataset(data, 0, tmp_path / name, tmp_path / f"{name}.json")
+        fetch_dataset(data, 0, tmp_path / name, tmp_path / "downloads", tmp_path / f"{name}.json")
     assert files(tmp_path / "folder") == files(tmp_path / "zip") == files(raw_dataset)
 
 
@@ -43,7 +43,7 @@ def test_missing_local_path_keeps_existing_raw_data(tmp_path):
     (tmp_path / "raw" / "keep.png").write_bytes(b"old")
     data = make_params(**{"data.source": "local", "data.local.path": str(tmp_path / "nope")}).data
     with pytest.raises(UserError, match=r"data.local.path: .*nope does not exist"):
-        fetch_dataset(data, 0, tmp_path / "raw", tmp_path / "download.json")
+        fetch_dataset(data, 0, tmp_path / "raw", tmp_path / "downloads", tmp_path / "download.json")
     assert files(tmp_path / "raw") == {"keep.png": b"old"}
     assert not (tmp_path / "download.json").exists()
 
@@ -66,13 +66,3 @@ def test_corrupt_zip_is_named(tmp_path):
     archive.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(UserError, match=r"cut.zip: not a valid zip archive"):
         extract_zip(archive, tmp_path / "dest")
-
-
-def test_kaggle_without_credentials_is_one_clear_error(tmp_path, monkeypatch):
-    """The real kaggle client: with no kaggle.json and no env credentials it calls exit(1)."""
-    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle"))
-    with pytest.raises(UserError, match=r"Kaggle credentials not found: save kaggle.json in ~/.kaggle/"):
-        download_kaggle("tawsifurrahman/covid19-radiography-database", tmp_path / "raw")
