@@ -94,11 +94,12 @@ def download_kaggle(dataset: str, dest: Path, downloads_dir: Path, retries: int 
     """Download ``owner/slug`` (latest version) or ``owner/slug/<version>`` with the official
     ``kaggle`` client, verify and extract it into ``dest``; return slug, version, size, sha256.
 
-    The archive is written to ``downloads_dir`` and kept there if the transfer is cut, so the
-    next run resumes it (HTTP Range); it is deleted once extracted, or when it is corrupt."""
+    The archive downloads to ``downloads_dir/<owner>--<slug>--v<version>.zip.part``, which is kept
+    if the transfer is cut so that the next run resumes it (HTTP Range), and is renamed without
+    ``.part`` when complete; the archive is deleted once extracted, or when it is corrupt."""
     owner, slug, version = _dataset_parts(dataset)
     downloads_dir.mkdir(parents=True, exist_ok=True)
-    archive: Path | None = None
+    archive = partial = None
     with _kaggle_endpoint() as endpoint:
         api = _kaggle_api()
         from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest, ApiGetDatasetRequest
@@ -109,27 +110,33 @@ def download_kaggle(dataset: str, dest: Path, downloads_dir: Path, retries: int 
                 if version is None:
                     version = datasets.get_dataset(_request(ApiGetDatasetRequest, owner, slug)).current_version_number
                 archive = downloads_dir / f"{owner}--{slug}--v{version}.zip"
-                log.info("downloading Kaggle dataset %s/%s version %d from %s to %s", owner, slug, version, endpoint, archive)
-                response = datasets.download_dataset(_request(ApiDownloadDatasetRequest, owner, slug, version))
-                if api.download_needed(response, str(archive), quiet=True):
-                    api.download_file(response, str(archive), client.http_client(), quiet=False, resume=True, max_retries=retries)
+                partial = archive.with_name(archive.name + ".part")
+                if archive.exists():
+                    log.info("reusing the complete download %s", archive)
+                else:
+                    log.info("downloading Kaggle dataset %s/%s version %d from %s", owner, slug, version, endpoint)
+                    response = datasets.download_dataset(_request(ApiDownloadDatasetRequest, owner, slug, version))
+                    api.download_file(response, str(partial), client.http_client(), quiet=False, resume=True, max_retries=retries)
+                    partial.replace(archive)
         except requests.HTTPError as exc:
             raise _refusal(exc, dataset, endpoint) from None
         except (OSError, ValueError) as exc:  # refused, cut, timed out, or short of the announced size
-            if archive is None or not archive.exists():
+            if partial is None or not partial.exists():
                 raise UserError(
                     f"cannot reach the Kaggle API at {endpoint} ({exc.__class__.__name__}); check your network"
                     f" (or {KAGGLE_ENDPOINT_ENV}) and run again"
                 ) from None
             raise UserError(
-                f"Kaggle download of '{dataset}' was cut ({exc.__class__.__name__}); {archive.stat().st_size} bytes are "
-                f"kept in {archive} and the next run resumes from there; check your network and run again"
+                f"Kaggle download of '{dataset}' was cut ({exc.__class__.__name__}); {partial.stat().st_size} bytes are "
+                f"kept in {partial} and the next run resumes from there; check your network and run again"
             ) from None
     origin = {"slug": f"{owner}/{slug}", "version": version, "size": archive.stat().st_size, "sha256": sha256(archive)}
     try:
         extract_zip(archive, dest, fix="it was deleted, so the next run downloads it afresh")
-    finally:
+    except UserError:
         archive.unlink()
+        raise
+    archive.unlink()
     log.info("extracted %s/%s v%d (%d bytes, sha256 %s)", owner, slug, version, origin["size"], origin["sha256"])
     return origin
 

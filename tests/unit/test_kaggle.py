@@ -4,21 +4,23 @@ unreachable from the test machines): download, resume after a cut, and every ref
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from chestxray.errors import UserError
+from chestxray.layouts import detect_layout, read_layout
 from chestxray.sources import download_kaggle
 from conftest import KAGGLE_CONFIG_DIR, REPO
 from kaggle_server import KEY, SLUG, TOKEN, USER, KaggleStub
-
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -84,6 +86,29 @@ def test_other_credential_sources(kaggle, no_credentials, monkeypatch, tmp_path,
     assert auth == ({f"Bearer {TOKEN}"} if how == "KAGGLE_API_TOKEN" else {kaggle.basic})
 
 
+def test_the_other_kaggle_dataset_arrives_in_its_own_layout(kaggle, shared, tmp_path):
+    """pranavraikokte/covid19-image-dataset, served as Kaggle zips it: Covid19-dataset/… inside."""
+    sample = shared / "data/covid19-image-dataset-sample"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path in sorted((sample / "Covid19-dataset").rglob("*")):
+            zf.write(path, path.relative_to(sample).as_posix())
+    kaggle.datasets["pranavraikokte/covid19-image-dataset"] = buf.getvalue()
+    download_kaggle("pranavraikokte/covid19-image-dataset", tmp_path / "raw", tmp_path / "downloads")
+    assert detect_layout(tmp_path / "raw") == "covid19-image-dataset"
+    table, _ = read_layout(tmp_path / "raw")
+    assert len(table) == 36 and set(table["source_split"]) == {"train", "test"}
+
+
+def test_a_complete_download_is_reused_not_fetched_again(kaggle, radiography_zip, radiography_sample, tmp_path):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "tawsifurrahman--covid19-radiography-database--v7.zip").write_bytes(radiography_zip)
+    download_kaggle(SLUG, tmp_path / "raw", downloads)
+    assert [c[1] for c in kaggle.calls] == ["/v1/datasets.DatasetApiService/GetDataset"]
+    assert files(tmp_path / "raw") == files(radiography_sample) and list(downloads.iterdir()) == []
+
+
 def test_a_pinned_version_is_downloaded_as_asked(kaggle, tmp_path):
     origin = download_kaggle(f"{SLUG}/versions/3", tmp_path / "raw", tmp_path / "downloads")
     assert origin["version"] == 3
@@ -100,7 +125,7 @@ def test_a_cut_download_fails_clearly_and_the_next_run_resumes(kaggle, radiograp
     with pytest.raises(UserError, match=r"'tawsifurrahman/covid19-radiography-database' was cut .* the next run resumes"):
         download_kaggle(SLUG, dest, downloads, retries=0)
     assert list(dest.iterdir()) == []
-    (partial,) = [p for p in downloads.iterdir() if p.suffix == ".zip"]
+    (partial,) = downloads.glob("*.zip.part")
     kept = partial.stat().st_size
     assert 0 < kept < len(kaggle.datasets[SLUG])
     download_kaggle(SLUG, dest, downloads, retries=0)
