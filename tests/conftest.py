@@ -45,11 +45,16 @@ def radiography_sample(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def radiography_zip(radiography_sample: Path) -> bytes:
     """The sample as Kaggle ships the database: one zip of the folder's contents."""
+    return zip_tree(radiography_sample, radiography_sample)
+
+
+def zip_tree(folder: Path, base: Path) -> bytes:
+    """A deflated zip of every file under ``folder``, named relative to ``base``."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(radiography_sample.rglob("*")):
+        for path in sorted(folder.rglob("*")):
             if path.is_file():
-                zf.write(path, path.relative_to(radiography_sample).as_posix())
+                zf.write(path, path.relative_to(base).as_posix())
     return buf.getvalue()
 
 

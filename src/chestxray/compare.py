@@ -9,12 +9,12 @@ from typing import Any
 
 from chestxray import tracking
 from chestxray.io import atomic_path, write_json
+from chestxray.labels import COVID
 from chestxray.reports import leaderboard_markdown
 
 log = logging.getLogger(__name__)
 
 RANK_BY = "test.macro_f1"
-COVID = "COVID"
 
 
 def leaderboard_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -49,8 +49,8 @@ def to_class(source_label: str, label_map: dict[str, str | None]) -> str | None:
     mapped = _mapped(source_label, label_map)
     if mapped is not None:
         return mapped[0]
-    if normalise(source_label) in SYNONYMS:
-        return SYNONYMS[normalise(source_label)]
+    if (norm := normalise(source_label)) in SYNONYMS:
+        return SYNONYMS[norm]
     parts = {normalise(p) for p in re.split(r"[,/]", source_label)}
     if any(SYNONYMS.get(p) == COVID for p in parts):
         return COVID

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -77,7 +78,7 @@ def extract_zip(archive: Path, dest: Path, fix: str = "download it again") -> No
             if bad is not None:
                 raise UserError(f"{archive}: member '{bad}' is corrupt; {fix}")
             zf.extractall(dest)
-    except (zipfile.BadZipFile, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # zlib: a damaged deflate stream
         raise UserError(f"{archive}: not a valid zip archive ({exc}); {fix}") from None
 
 

@@ -45,7 +45,7 @@ def validate_dataset(
         mode=[i.mode or "" for i in infos],
         error=[i.error or "" for i in infos],
     )
-    checks = _checks(table, TASKS[data.task], has_metadata=bool(reconciliation))
+    checks = _checks(TASKS[data.task], has_metadata=bool(reconciliation))
     reasons, evaluated, failed = _run_checks(table, checks)
     rejected = pd.DataFrame({"path": table.loc[list(reasons), "path"], "reason": list(reasons.values())})
     clean = table.drop(index=list(reasons)).drop(columns=["error"]).reset_index(drop=True)
@@ -68,7 +68,7 @@ def validate_dataset(
     return metrics
 
 
-def _checks(table: pd.DataFrame, classes: tuple[str, ...], has_metadata: bool) -> list[Check]:
+def _checks(classes: tuple[str, ...], has_metadata: bool) -> list[Check]:
     e = gx.expectations
     checks = [
         Check(e.ExpectColumnValuesToNotBeNull(column="path"), None),

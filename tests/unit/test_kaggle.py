@@ -4,13 +4,11 @@ unreachable from the test machines): download, resume after a cut, and every ref
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import socket
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import yaml
 from chestxray.errors import UserError
 from chestxray.layouts import detect_layout, read_layout
 from chestxray.sources import download_kaggle
-from conftest import KAGGLE_CONFIG_DIR, REPO
+from conftest import KAGGLE_CONFIG_DIR, REPO, zip_tree
 from kaggle_server import KEY, SLUG, TOKEN, USER, KaggleStub
 
 
@@ -89,11 +87,7 @@ def test_other_credential_sources(kaggle, no_credentials, monkeypatch, tmp_path,
 def test_the_other_kaggle_dataset_arrives_in_its_own_layout(kaggle, shared, tmp_path):
     """pranavraikokte/covid19-image-dataset, served as Kaggle zips it: Covid19-dataset/… inside."""
     sample = shared / "data/covid19-image-dataset-sample"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for path in sorted((sample / "Covid19-dataset").rglob("*")):
-            zf.write(path, path.relative_to(sample).as_posix())
-    kaggle.datasets["pranavraikokte/covid19-image-dataset"] = buf.getvalue()
+    kaggle.datasets["pranavraikokte/covid19-image-dataset"] = zip_tree(sample / "Covid19-dataset", sample)
     download_kaggle("pranavraikokte/covid19-image-dataset", tmp_path / "raw", tmp_path / "downloads")
     assert detect_layout(tmp_path / "raw") == "covid19-image-dataset"
     table, _ = read_layout(tmp_path / "raw")
