@@ -25,6 +25,8 @@ RAW_DIR = Path("data/raw")
 DOWNLOADS_DIR = Path("data/downloads")  # Kaggle archives while they download (kept if cut, to resume)
 MANIFEST_CSV = Path("data/interim/manifest.csv")
 REJECTED_CSV = Path("data/interim/rejected.csv")
+VALIDATION_DOCS_DIR = Path("reports/validation")  # Great Expectations Data Docs
+EDA_DIR = Path("reports/eda")
 SPLIT_CSV = Path("data/processed/split.csv")
 CACHE_DIR = Path("data/processed/cache")
 MODEL_DIR = Path("models")
@@ -46,9 +48,20 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    max_reject_fraction: float
+    min_side: int
+    max_side: int
+    max_aspect: float
+    min_std: float
+    near_duplicate_distance: int
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     val: float
     test: float
+    use_source_split: bool
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,7 @@ class Params:
     seed: int
     model: str
     data: DataConfig
+    validate: ValidateConfig
     split: SplitConfig
     train: TrainConfig
     backbone: dict[str, Any]  # backbones.<model>: settings of this experiment's backbone
@@ -131,7 +145,19 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         kaggle_dataset=p.text("data.kaggle.dataset"),
         synthetic_images=p.integer("data.synthetic.n_images", low=MIN_IMAGES),
     )
-    split = SplitConfig(val=p.fraction("split.val"), test=p.fraction("split.test"))
+    validate = ValidateConfig(
+        max_reject_fraction=p.fraction("validate.max_reject_fraction", allow_zero=True),
+        min_side=p.integer("validate.min_side", low=1),
+        max_side=p.integer("validate.max_side", low=1),
+        max_aspect=p.number("validate.max_aspect", low=1),
+        min_std=p.number("validate.min_std", low=0),
+        near_duplicate_distance=p.integer("validate.near_duplicate_distance", low=0),
+    )
+    if validate.max_side < validate.min_side:
+        raise UserError(f"{where}: validate.max_side ({validate.max_side}) is below validate.min_side ({validate.min_side})")
+    split = SplitConfig(
+        val=p.fraction("split.val"), test=p.fraction("split.test"), use_source_split=p.boolean("split.use_source_split")
+    )
     if split.val + split.test >= 1:
         raise UserError(f"{where}: split.val + split.test must be below 1, got {split.val + split.test}")
     train = TrainConfig(
@@ -158,6 +184,7 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         seed=p.integer("seed", low=0),
         model=model,
         data=data,
+        validate=validate,
         split=split,
         train=train,
         backbone=dict(backbone),

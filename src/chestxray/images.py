@@ -1,40 +1,82 @@
-"""Decode images by content (not by extension) and normalise any mode to 8-bit grey."""
+"""Decode images by content (not by extension), measure them once, normalise any mode to 8-bit grey."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+PHASH_SIZE = 16  # 16×16 DCT bits = 256-bit perceptual hashes: resized or re-encoded copies differ by ≤ 10 bits
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What decoding found: the format by content, size and mode; ``error`` names why it failed
-    (``missing_file``, ``not_an_image``, ``corrupt_image``)."""
+    """What one decode of a file found. ``format`` is by content (a PNG named .jpg is PNG); ``mean``
+    and ``std`` are of its 8-bit grey pixels; ``phash`` is a 256-bit perceptual hash (64 hex
+    digits). ``error`` names why it failed (``missing_file``, ``empty_file``, ``not_an_image``,
+    ``corrupt_image``, ``too_large``); the other fields are then empty."""
 
-    format: str | None
-    width: int
-    height: int
-    mode: str | None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    mean: float | None = None
+    std: float | None = None
+    sha256: str | None = None
+    phash: str | None = None
     error: str | None = None
 
 
 def inspect(path: Path) -> ImageInfo:
-    """Fully decode ``path`` and report what it holds; never raises for bad image data."""
+    """Read ``path`` once: hash its bytes, fully decode it, measure it; never raises for bad data."""
     try:
-        with Image.open(path) as im:
+        data = Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        return ImageInfo(error="missing_file")
+    if not data:
+        return ImageInfo(error="empty_file")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return ImageInfo(im.format, im.width, im.height, im.mode)
-    except FileNotFoundError:
-        return ImageInfo(None, 0, 0, None, "missing_file")
+            gray = to_gray(im)
+            info = {"format": im.format, "width": im.width, "height": im.height, "mode": im.mode}
     except UnidentifiedImageError:
-        return ImageInfo(None, 0, 0, None, "not_an_image")
-    except (OSError, SyntaxError, ValueError):  # truncated or corrupt data
-        return ImageInfo(None, 0, 0, None, "corrupt_image")
+        return ImageInfo(error="not_an_image")
+    except Image.DecompressionBombError:  # > 2 × PIL's MAX_IMAGE_PIXELS
+        return ImageInfo(error="too_large")
+    except (OSError, SyntaxError, ValueError, EOFError):  # truncated or corrupt data
+        return ImageInfo(error="corrupt_image")
+    pixels = np.asarray(gray, dtype=np.float64)
+    return ImageInfo(
+        **info,
+        mean=round(float(pixels.mean()), 3),
+        std=round(float(pixels.std()), 3),
+        sha256=hashlib.sha256(data).hexdigest(),
+        phash=str(imagehash.phash(gray, hash_size=PHASH_SIZE)),
+    )
+
+
+def inspect_all(paths: Sequence[str], workers: int | None = None) -> list[ImageInfo]:
+    """``inspect`` every path, in order, in ``workers`` processes (default: one per CPU). The
+    processes are spawned, so a script calling this needs an ``if __name__ == "__main__":`` guard."""
+    files = [Path(p) for p in paths]
+    progress = {"total": len(files), "desc": "inspect", "unit": "img"}
+    if (workers or len(os.sched_getaffinity(0))) == 1:
+        return [inspect(p) for p in tqdm(files, **progress)]
+    # spawn, not fork: the caller may hold TensorFlow or other threads that a forked child would inherit mid-lock
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(tqdm(pool.map(inspect, files, chunksize=32), **progress))
 
 
 def to_gray(im: Image.Image) -> Image.Image:

@@ -98,10 +98,10 @@ def label_counts(table: pd.DataFrame, column: str = "label") -> dict[str, int]:
 def _read_radiography(base: Path) -> tuple[pd.DataFrame, dict[str, int]]:
     rows, recon, has_metadata = [], dict.fromkeys(RECONCILIATION, 0), False
     for cls in RADIOGRAPHY_CLASSES:
-        images = sorted((base / cls / "images").glob("*"))
-        images = [p for p in images if p.suffix.lower() in IMAGE_SUFFIXES]
+        folder = base / cls / "images"
+        images = [p for p in sorted(folder.glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
         if not images:
-            log.warning("%s: no images for class %s", base / cls / "images", cls)
+            log.warning("%s: class %s has no images (the folder is %s)", folder, cls, "empty" if folder.is_dir() else "missing")
         names = _metadata_names(base / f"{cls}.metadata.xlsx")
         has_metadata |= names is not None
         lower = {n.lower() for n in names} if names is not None else set()
@@ -117,9 +117,11 @@ def _read_radiography(base: Path) -> tuple[pd.DataFrame, dict[str, int]]:
                     recon["files_without_row"] += 1
             mask = base / cls / "masks" / p.name
             rows.append(_row(p, cls, mask_path=mask.as_posix() if mask.exists() else "", in_metadata=in_meta))
-        if names is not None:
+        if names is not None and images:  # rows without a file are kept, so that validation rejects them as missing_file
             stems = {p.stem.lower() for p in images}
-            recon["rows_without_file"] += sum(n.lower() not in stems for n in names)
+            for name in sorted(n for n in names if n.lower() not in stems):
+                recon["rows_without_file"] += 1
+                rows.append(_row(base / cls / "images" / f"{name}.png", cls, in_metadata=True))
     return _frame(rows), recon if has_metadata else {}
 
 

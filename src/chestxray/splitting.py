@@ -1,15 +1,20 @@
-"""Stratified, seeded train/val/test split of the clean manifest; the data version is its hash."""
+"""Train/val/test split of the clean manifest: stratified by label, grouped so that no patient and
+no duplicate group straddles splits, seeded; then a leakage check. The data version is its hash."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold
 
+from chestxray.config import MANIFEST_CSV, METRICS_DIR, SPLIT_CSV, SplitConfig
+from chestxray.duplicates import near_pairs
 from chestxray.errors import UserError
 from chestxray.io import atomic_path, write_json
 from chestxray.layouts import label_counts
@@ -17,11 +22,48 @@ from chestxray.layouts import label_counts
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS = ("path", "label", "split", "group")
+MAX_FOLDS = 20  # split fractions are met to within 1/40 (a fraction is a whole number of folds)
 
 
-def assign_splits(manifest: pd.DataFrame, val: float, test: float, seed: int) -> pd.DataFrame:
-    """Return ``manifest`` sorted by path with a ``split`` column, stratified by ``label``."""
-    table = manifest.sort_values("path").reset_index(drop=True)
+def split_dataset(split: SplitConfig, near_distance: int, seed: int, root: Path = Path(".")) -> dict[str, Any]:
+    """Split ``root``'s clean manifest; write the split table (``path, label, split, group``) and
+    ``metrics/split.json`` (counts, groups, leakage). Leakage across splits fails the stage."""
+    manifest = pd.read_csv(root / MANIFEST_CSV, dtype=str, keep_default_na=False)
+    removed = 0
+    if split.use_source_split:
+        manifest, removed = _drop_cross_split_copies(manifest)
+    table = assign_splits(manifest, split.val, split.test, seed, split.use_source_split)
+    leakage = leakage_pairs(table, near_distance)
+    groups = table["group"].nunique()
+    metrics = {
+        "counts": {s: label_counts(table[table["split"] == s]) for s in SPLITS},
+        "groups": int(groups),
+        "leakage": leakage,
+        "removed_cross_split_duplicates": removed,
+    }
+    if any(leakage.values()):
+        write_json(root / METRICS_DIR / "split.json", metrics)
+        raise UserError(
+            f"leakage across splits: {leakage['exact_pairs']} identical and {leakage['near_pairs']} near-identical "
+            f"image pairs (see {root / METRICS_DIR / 'split.json'}); re-run validate with the same "
+            "validate.near_duplicate_distance as split uses"
+        )
+    with atomic_path(root / SPLIT_CSV) as tmp:
+        table[list(SPLIT_COLUMNS)].to_csv(tmp, index=False)
+    metrics["data_version"] = data_version(root / SPLIT_CSV)
+    write_json(root / METRICS_DIR / "split.json", metrics)
+    log.info("split %d images in %d groups: %s", len(table), groups, {s: int((table["split"] == s).sum()) for s in SPLITS})
+    return metrics
+
+
+def assign_splits(
+    manifest: pd.DataFrame, val: float, test: float, seed: int, use_source_split: bool = False
+) -> pd.DataFrame:
+    """Return ``manifest`` sorted by path with ``group`` and ``split`` columns. Test takes ``test``
+    of the images (or the source's own test images), val ``val / (1 - test)`` of the rest; whole
+    groups move together, and each class keeps its share in every split as far as groups allow."""
+    table = manifest.sort_values("path", kind="stable").reset_index(drop=True)
     counts = table["label"].value_counts()
     too_small = counts[counts < 3]
     if not too_small.empty:
@@ -29,25 +71,95 @@ def assign_splits(manifest: pd.DataFrame, val: float, test: float, seed: int) ->
             "classes with fewer than 3 images cannot be split into train/val/test: "
             f"{ {str(k): int(v) for k, v in too_small.items()} }; add images or drop the class"
         )
-    rest, test_part = train_test_split(table.index, test_size=test, stratify=table["label"], random_state=seed)
-    train_part, val_part = train_test_split(
-        rest, test_size=val / (1 - test), stratify=table.loc[rest, "label"], random_state=seed
-    )
-    split = pd.Series("train", index=table.index)
-    split[val_part], split[test_part] = "val", "test"
+    table["group"] = groups(table)
+    if use_source_split:
+        is_test = table["source_split"] == "test"
+    else:
+        is_test = _hold_out(table, np.ones(len(table), bool), test, seed)
+    is_val = _hold_out(table, ~is_test, val / (1 - test), seed)
+    split = np.where(is_test, "test", np.where(is_val, "val", "train"))
     return table.assign(split=split)
 
 
-def split_dataset(manifest_csv: Path, split_csv: Path, metrics_json: Path, val: float, test: float, seed: int) -> dict[str, Any]:
-    """Split the clean manifest; write the split table and ``counts.<split>.<Class>``."""
-    table = assign_splits(pd.read_csv(manifest_csv, keep_default_na=False), val, test, seed)
-    with atomic_path(split_csv) as tmp:
-        table.to_csv(tmp, index=False)
-    counts = {s: label_counts(table[table["split"] == s]) for s in SPLITS}
-    metrics = {"counts": counts, "data_version": data_version(split_csv)}
-    write_json(metrics_json, metrics)
-    log.info("split %d images: %s", len(table), {s: sum(c.values()) for s, c in counts.items()})
-    return metrics
+def groups(table: pd.DataFrame) -> list[str]:
+    """Each image's group: its patient (``patient:<id>``), else its duplicate group, else itself;
+    a duplicate group that spans patients joins them into one group."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    keys = []
+    for path, patient, dup in zip(table["path"], _column(table, "patient_id"), _column(table, "dup_group")):
+        key = f"patient:{patient}" if patient else (dup or path)
+        keys.append(key)
+        if patient and dup:
+            a, b = sorted((find(key), find(dup)))
+            parent[b] = a
+    return [find(k) for k in keys]
+
+
+def _column(table: pd.DataFrame, name: str) -> pd.Series:
+    return table[name] if name in table.columns else pd.Series("", index=table.index)
+
+
+def _hold_out(table: pd.DataFrame, pool: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Mark about ``fraction`` of the ``pool`` rows, whole groups at a time, stratified by label
+    (``StratifiedGroupKFold``: the first k of n folds, k/n closest to ``fraction``, n at most the
+    smallest class so that every fold can hold each class)."""
+    rows = np.flatnonzero(pool)
+    pool_table = table.loc[rows]
+    smallest_class = int(pool_table["label"].value_counts().min())  # so that each fold can hold every class
+    folds, k = _folds(fraction, max_folds=min(MAX_FOLDS, pool_table["group"].nunique(), max(smallest_class, 2)))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    marked = np.zeros(len(table), bool)
+    with warnings.catch_warnings():  # "least populated class has only N members": small classes are expected
+        warnings.simplefilter("ignore", UserWarning)
+        parts = splitter.split(rows, pool_table["label"], pool_table["group"])
+        for _, (_, held) in zip(range(k), parts):
+            marked[rows[held]] = True
+    return marked
+
+
+def _folds(fraction: float, max_folds: int) -> tuple[int, int]:
+    """(n, k) with k/n closest to ``fraction``, 1 ≤ k < n ≤ ``max_folds`` (fewest folds on ties)."""
+    if max_folds < 2:
+        raise UserError(f"cannot split {max_folds} group(s) of images; add images")
+    options = [(abs(k / n - fraction), n, k) for n in range(2, max_folds + 1) for k in range(1, n)]
+    _, n, k = min(options)
+    return n, k
+
+
+def _drop_cross_split_copies(manifest: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """With the source's own split: drop the train copies of images that are also in its test
+    set (the test set stays as published). Fails if the source has no split."""
+    if "source_split" not in manifest.columns or not manifest["source_split"].isin(["train", "test"]).all():
+        raise UserError(
+            "split.use_source_split is true but the dataset has no train/test split of its own for every image "
+            "(only the covid19-image-dataset layout has one); set split.use_source_split: false"
+        )
+    manifest = manifest.assign(group=groups(manifest))
+    test_groups = set(manifest.loc[manifest["source_split"] == "test", "group"])
+    drop = (manifest["source_split"] != "test") & manifest["group"].isin(test_groups)
+    for path in manifest.loc[drop, "path"]:
+        log.warning("%s: a copy of it is in the source's test set; left out of train", path)
+    return manifest[~drop].drop(columns="group").reset_index(drop=True), int(drop.sum())
+
+
+def leakage_pairs(table: pd.DataFrame, near_distance: int) -> dict[str, int]:
+    """Pairs of images in different splits that are byte-identical (``exact_pairs``) or whose
+    perceptual hashes are within ``near_distance`` bits but whose bytes differ (``near_pairs``)."""
+    exact = near = 0
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            left, right = table[table["split"] == a], table[table["split"] == b]
+            shared = set(left["sha256"]) & set(right["sha256"])
+            exact += sum(int((left["sha256"] == h).sum() * (right["sha256"] == h).sum()) for h in shared)
+            pairs = near_pairs(list(left["phash"]), list(right["phash"]), near_distance)
+            near += int(sum(left["sha256"].iloc[p] != right["sha256"].iloc[q] for p, q in pairs))
+    return {"exact_pairs": exact, "near_pairs": near}
 
 
 def data_version(split_csv: Path) -> str:

@@ -59,12 +59,13 @@ def _artifact_location(uri: str) -> str | None:
 
 
 def run_tags(model: str, data_version: str) -> dict[str, str]:
-    """Tags every run carries: backbone, data version, git commit, DVC experiment."""
+    """Tags every training run carries: stage, backbone, data version, git commit, DVC experiment."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = ""
     return {
+        "stage": "train",
         "model": model,
         "data_version": data_version,
         "mlflow.source.git.commit": commit,
@@ -74,8 +75,8 @@ def run_tags(model: str, data_version: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def run(tags: Mapping[str, str] | None = None, run_id: str | None = None) -> Iterator[str]:
-    """Start a run (named after ``DVC_EXP_NAME`` when DVC sets it), or resume ``run_id``."""
+def run(tags: Mapping[str, str] | None = None, run_id: str | None = None, name: str | None = None) -> Iterator[str]:
+    """Start a run (named ``name``, else after ``DVC_EXP_NAME`` when DVC sets it), or resume ``run_id``."""
     exp = experiment_id()
     if run_id is not None:
         try:
@@ -83,7 +84,7 @@ def run(tags: Mapping[str, str] | None = None, run_id: str | None = None) -> Ite
         except MlflowException:
             log.warning("run %s is not in %s; starting a new run", run_id, tracking_uri())
             run_id = None
-    name = os.environ.get("DVC_EXP_NAME") if run_id is None else None
+    name = (name or os.environ.get("DVC_EXP_NAME")) if run_id is None else None
     with mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=name, tags=dict(tags or {})) as active:
         log.info("MLflow run %s in %s", active.info.run_id, tracking_uri())
         yield active.info.run_id
@@ -104,9 +105,12 @@ def log_metrics(metrics: Mapping[str, Any], prefix: str = "", step: int | None =
     mlflow.log_metrics(numbers, step=step)
 
 
-def log_artifacts(folder: Path, artifact_path: str) -> None:
-    """Copy every file of ``folder`` into the run's artifacts under ``artifact_path``."""
-    mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+def log_artifacts(path: Path, artifact_path: str) -> None:
+    """Copy the file ``path``, or every file of the folder ``path``, into the run's artifacts under ``artifact_path``."""
+    if Path(path).is_file():
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    else:
+        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
 
 
 def log_data_records(records: Mapping[str, Mapping[str, Any]]) -> None:

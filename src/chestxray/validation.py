@@ -1,4 +1,11 @@
-"""Validate and clean the manifest with Great Expectations; rejected files get one reason each."""
+"""Validate and clean the dataset with Great Expectations; each rejected file gets one reason.
+
+Two suites run on a per-image table computed by one decode of every image: ``images`` (metadata,
+decoding, format, mode, size, aspect ratio, blank images) and, on the images that pass it,
+``duplicates`` (the same or a near-identical image under two labels). Their results are Data Docs
+in ``reports/validation/``; the clean images get an EDA report in ``reports/eda/``, and both go
+to MLflow with a ``validate`` run.
+"""
 
 from __future__ import annotations
 
@@ -8,103 +15,239 @@ from pathlib import Path
 from typing import Any
 
 import great_expectations as gx
+import numpy as np
 import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
-from tqdm import tqdm
 
-from chestxray.config import DataConfig
-from chestxray.images import inspect
+from chestxray import tracking
+from chestxray.config import (
+    EDA_DIR,
+    MANIFEST_CSV,
+    METRICS_DIR,
+    REJECTED_CSV,
+    VALIDATION_DOCS_DIR,
+    DataConfig,
+    ValidateConfig,
+)
+from chestxray.duplicates import find_duplicates
+from chestxray.eda import write_eda
+from chestxray.errors import UserError
+from chestxray.images import ImageInfo, inspect_all
 from chestxray.io import atomic_path, write_json
 from chestxray.labels import TASKS, apply_task
 from chestxray.layouts import label_counts, read_layout
 
 log = logging.getLogger(__name__)
 
+FORMATS = ("PNG", "JPEG", "MPO")  # by content; MPO is the JPEG some cameras write
+MODES = ("L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I;16N", "I")  # RGB may hold grey content
+MEASURES = ("format", "width", "height", "mode", "mean", "std", "sha256", "phash")
+REJECTED_COLUMNS = ("path", "reason", "label", "detail")
+
 
 @dataclass(frozen=True)
 class Check:
-    """An expectation on the per-image table; the rows it flags are rejected with ``reject_as``
-    (a fixed reason, or the name of a column holding each row's reason), or only reported (None)."""
+    """An expectation; the rows it flags are rejected with ``reject_as`` (a fixed reason, or the
+    name of a column holding each row's reason), or only reported (None)."""
 
     expectation: Any
     reject_as: str | None
 
 
 def validate_dataset(
-    raw_dir: Path, data: DataConfig, manifest_csv: Path, rejected_csv: Path, metrics_json: Path
+    raw_dir: Path, data: DataConfig, rules: ValidateConfig, seed: int, out: Path = Path(".")
 ) -> dict[str, Any]:
-    """Read ``raw_dir`` in ``data.layout``, label it for ``data.task``, decode every image, run
-    the checks, write the clean and rejected tables."""
+    """Validate ``raw_dir`` (read in ``data.layout``, labelled for ``data.task``); write under
+    ``out`` the clean manifest, the rejected table, ``metrics/validate.json``, Data Docs and EDA.
+    Above ``rules.max_reject_fraction`` rejected, stop (UserError) after writing the rejected
+    table, the metrics and Data Docs, but not the manifest."""
     table, reconciliation = read_layout(raw_dir, data.layout, data.csv)
     table, task = apply_task(table, data.task, data.label_map)
-    infos = [inspect(Path(p)) for p in tqdm(table["path"], desc="decode", unit="img")]
-    table = table.assign(
-        format=[i.format or "" for i in infos],
-        width=[i.width for i in infos],
-        height=[i.height for i in infos],
-        mode=[i.mode or "" for i in infos],
-        error=[i.error or "" for i in infos],
-    )
-    checks = _checks(TASKS[data.task], has_metadata=bool(reconciliation))
-    reasons, evaluated, failed = _run_checks(table, checks)
-    rejected = pd.DataFrame({"path": table.loc[list(reasons), "path"], "reason": list(reasons.values())})
-    clean = table.drop(index=list(reasons)).drop(columns=["error"]).reset_index(drop=True)
-    rejects = label_counts(rejected, "reason")
-    for reason, n in rejects.items():
-        log.warning("rejected %d file(s): %s (see %s)", n, reason, rejected_csv)
+    classes = TASKS[data.task]
+    _require_classes(label_counts(table), classes, raw_dir, data.task, "has no images")
+    table = _measure(table)
+
+    with atomic_path(out / VALIDATION_DOCS_DIR, is_dir=True) as docs:
+        suites = _Suites(docs)
+        reasons = suites.run("images", _image_checks(classes, rules, has_metadata=bool(reconciliation)), table)
+        kept = table.drop(index=list(reasons))
+        duplicates = find_duplicates(list(kept["sha256"]), list(kept["phash"]), rules.near_duplicate_distance)
+        kept = kept.assign(dup_group=[f"dup-{g:05d}" if g >= 0 else "" for g in duplicates.group])
+        kept = kept.assign(conflict=_label_conflicts(kept))
+        reasons |= suites.run("duplicates", [Check(_in_set("conflict", [False]), "duplicate_label_conflict")], kept)
+
+    rejected = _rejected_table(table, kept, reasons)
+    clean = kept.drop(index=list(reasons), errors="ignore").drop(columns=["error", "conflict"]).reset_index(drop=True)
+    clean = clean.astype({"width": int, "height": int})
+    fraction = len(rejected) / len(table)
     metrics = {
         "raw": label_counts(table),
         "clean": label_counts(clean),
-        "rejected": rejects,
+        "rejected": label_counts(rejected, "reason"),
+        "duplicates": {
+            "exact_groups": duplicates.exact_groups,
+            "near_groups": duplicates.near_groups,
+            "grouped_images": int((clean["dup_group"] != "").sum()),
+        },
+        "expectations": suites.statistics,
+        "gate": {
+            "max_reject_fraction": rules.max_reject_fraction,
+            "reject_fraction": round(fraction, 4),
+            "passed": fraction <= rules.max_reject_fraction,
+        },
+        "images": {"formats": label_counts(clean, "format"), "modes": label_counts(clean, "mode")},
         "metadata": reconciliation,
         "task": task,
-        "expectations": {"evaluated": evaluated, "failed": failed},
     }
-    for frame, path in ((clean, manifest_csv), (rejected, rejected_csv)):
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False)
-    write_json(metrics_json, metrics)
+    for reason, n in metrics["rejected"].items():
+        log.warning("rejected %d file(s): %s (see %s)", n, reason, out / REJECTED_CSV)
+    _write_csv(rejected, out / REJECTED_CSV)
+    if not metrics["gate"]["passed"]:
+        write_json(out / METRICS_DIR / "validate.json", metrics)
+        raise UserError(
+            f"{len(rejected)} of {len(table)} images rejected ({fraction:.1%}), above validate.max_reject_fraction "
+            f"({rules.max_reject_fraction:.1%}); see {out / REJECTED_CSV} for each file's reason, fix the data or "
+            "raise the threshold"
+        )
+    _require_classes(metrics["clean"], classes, raw_dir, data.task, f"has no clean images (see {out / REJECTED_CSV})")
+    metrics["imbalance"] = write_eda(clean, classes, out / EDA_DIR, seed)["imbalance"]
+    _write_csv(clean, out / MANIFEST_CSV)
+    write_json(out / METRICS_DIR / "validate.json", metrics)
+    _track(metrics, out)
     log.info("validated %d images: %d clean, %d rejected", len(table), len(clean), len(rejected))
     return metrics
 
 
-def _checks(classes: tuple[str, ...], has_metadata: bool) -> list[Check]:
+def _require_classes(counts: dict[str, int], classes: tuple[str, ...], raw_dir: Path, task: str, what: str) -> None:
+    missing = [c for c in classes if not counts.get(c)]
+    if missing:
+        raise UserError(
+            f"{raw_dir}: class {', '.join(repr(c) for c in missing)} of data.task {task} {what}; "
+            "add its images (an empty or missing class folder?) or choose a data.task / data.label_map without it"
+        )
+
+
+def _measure(table: pd.DataFrame) -> pd.DataFrame:
+    """Decode every image once (in parallel) and add ``MEASURES`` and ``error`` columns."""
+    infos: list[ImageInfo] = inspect_all(list(table["path"]))
+    columns = {name: [getattr(i, name) for i in infos] for name in MEASURES}
+    columns["error"] = [i.error or "" for i in infos]
+    return table.assign(**columns).astype({"width": "Int64", "height": "Int64", "mean": float, "std": float})
+
+
+def _image_checks(classes: tuple[str, ...], rules: ValidateConfig, has_metadata: bool) -> list[Check]:
+    """The ``images`` suite, in order of precedence: a file gets the reason of the first check it fails."""
     e = gx.expectations
     checks = [
         Check(e.ExpectColumnValuesToNotBeNull(column="path"), None),
+        Check(_in_set("error", [""]), "error"),
         Check(e.ExpectColumnValuesToBeUnique(column="path"), "duplicate_path"),
-        Check(e.ExpectColumnValuesToBeInSet(column="error", value_set=[""]), "error"),
-        Check(e.ExpectColumnValuesToBeInSet(column="label", value_set=list(classes)), "label_not_in_task"),
+        Check(_in_set("label", list(classes)), "label_not_in_task"),
+        Check(e.ExpectCompoundColumnsToBeUnique(column_list=["label", "file_name"]), None),
+        Check(_in_set("format", list(FORMATS)), "unsupported_format"),
+        Check(_in_set("mode", list(MODES)), "unsupported_mode"),
+        Check(e.ExpectColumnValuesToBeBetween(column="short_side", min_value=rules.min_side), "too_small"),
+        Check(e.ExpectColumnValuesToBeBetween(column="long_side", max_value=rules.max_side), "too_large"),
+        Check(e.ExpectColumnValuesToBeBetween(column="aspect", max_value=rules.max_aspect), "bad_aspect_ratio"),
+        Check(e.ExpectColumnValuesToBeBetween(column="std", min_value=rules.min_std, strict_min=True), "blank_image"),
     ]
-    if has_metadata:  # every file has a metadata row (case-insensitively): reported, not rejected
-        checks.append(Check(e.ExpectColumnValuesToBeInSet(column="in_metadata", value_set=[True]), None))
+    if has_metadata:  # every file has a metadata row (matched ignoring case): reported, not rejected
+        checks.append(Check(_in_set("in_metadata", [True]), None))
     return checks
 
 
-def _run_checks(table: pd.DataFrame, checks: list[Check]) -> tuple[dict[int, str], int, int]:
-    """Run the suite; return (row index → first reject reason, expectations evaluated, failed)."""
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (
-        context.data_sources.add_pandas("manifest")
-        .add_dataframe_asset("images")
-        .add_batch_definition_whole_dataframe("all")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name="images", expectations=[c.expectation for c in checks]))
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name="images", data=batch, suite=suite))
-    result = definition.run(batch_parameters={"dataframe": table}, result_format={"result_format": "COMPLETE"})
-    by_id = {saved.id: check for saved, check in zip(suite.expectations, checks, strict=True)}
-    reasons: dict[int, str] = {}
-    for outcome in result.results:
-        if outcome.success:
-            continue
-        check = by_id[outcome.expectation_config.id]
-        log.warning("expectation failed: %s", outcome.expectation_config.type)
-        if check.reject_as is None:
-            continue
-        for i in outcome.result.get("unexpected_index_list") or []:
-            reason = table.at[i, check.reject_as] if check.reject_as in table.columns else check.reject_as
-            reasons.setdefault(int(i), str(reason))
-    stats = result.statistics
-    return reasons, int(stats["evaluated_expectations"]), int(stats["unsuccessful_expectations"])
+def _in_set(column: str, values: list[Any]) -> Any:
+    return gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=values)
 
+
+def _label_conflicts(kept: pd.DataFrame) -> list[bool]:
+    """True for images whose duplicate group holds more than one label."""
+    labels_per_group = kept[kept["dup_group"] != ""].groupby("dup_group")["label"].nunique()
+    return [bool(g) and labels_per_group[g] > 1 for g in kept["dup_group"]]
+
+
+class _Suites:
+    """An ephemeral Great Expectations context whose checkpoints write Data Docs to ``docs_dir``."""
+
+    def __init__(self, docs_dir: Path) -> None:
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        backend = {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}
+        self.context.update_data_docs_site("local_site", {"class_name": "SiteBuilder", "store_backend": backend})
+        self.source = self.context.data_sources.add_pandas("dataset")
+        self.statistics = {"evaluated": 0, "failed": 0}
+
+    def run(self, name: str, checks: list[Check], table: pd.DataFrame) -> dict[int, str]:
+        """Run the suite ``name`` on ``table``; return {row index → first reject reason}."""
+        frame = _frame_for_checks(table)
+        batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=[c.expectation for c in checks]))
+        definition = self.context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        checkpoint = self.context.checkpoints.add(
+            gx.Checkpoint(
+                name=name,
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                result_format={"result_format": "COMPLETE"},
+            )
+        )
+        result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()))
+        by_id = {saved.id: check for saved, check in zip(suite.expectations, checks, strict=True)}
+        reasons: dict[int, str] = {}
+        for outcome in result.results:
+            if outcome.success:
+                continue
+            check = by_id[outcome.expectation_config.id]
+            log.warning("expectation failed: %s %s", outcome.expectation_config.type, outcome.expectation_config.kwargs)
+            if check.reject_as is None:
+                continue
+            for i in outcome.result.get("unexpected_index_list") or []:
+                reason = frame.at[i, check.reject_as] if check.reject_as in frame.columns else check.reject_as
+                reasons.setdefault(int(i), str(reason))
+        self.statistics["evaluated"] += int(result.statistics["evaluated_expectations"])
+        self.statistics["failed"] += int(result.statistics["unsuccessful_expectations"])
+        return reasons
+
+
+def _frame_for_checks(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the derived columns the expectations test (sides, aspect ratio, file name)."""
+    width, height = table["width"].astype(float), table["height"].astype(float)
+    short, long = np.fmin(width, height), np.fmax(width, height)
+    return table.assign(
+        file_name=[Path(p).name.lower() for p in table["path"]],
+        short_side=short,
+        long_side=long,
+        aspect=long / short,
+    )
+
+
+def _rejected_table(table: pd.DataFrame, kept: pd.DataFrame, reasons: dict[int, str]) -> pd.DataFrame:
+    """One row per rejected file: ``path``, ``reason``, ``label``, ``detail`` (what was measured,
+    or for a label conflict the copies and their labels)."""
+    rows = []
+    for i in sorted(reasons, key=lambda i: table.at[i, "path"]):
+        row = table.loc[i]
+        if reasons[i] == "duplicate_label_conflict":
+            copies = kept[(kept["dup_group"] == kept.at[i, "dup_group"]) & (kept.index != i)]
+            detail = "; ".join(f"{p} ({label})" for p, label in zip(copies["path"], copies["label"]))
+        elif row["error"]:
+            detail = ""
+        else:
+            detail = f"{row['format']} {row['mode']} {row['width']}x{row['height']} px, grey std {row['std']:.2f}"
+        rows.append({"path": row["path"], "reason": reasons[i], "label": row["label"], "detail": detail})
+    return pd.DataFrame(rows, columns=list(REJECTED_COLUMNS))
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _track(metrics: dict[str, Any], out: Path) -> None:
+    """A ``validate`` MLflow run: counts as metrics, the record, rejected table, Data Docs and EDA."""
+    with tracking.run(tags={"stage": "validate"}, name="validate"):
+        tracking.log_metrics({k: metrics[k] for k in ("raw", "clean", "rejected", "duplicates", "expectations")})
+        tracking.log_data_records({"validate": metrics})
+        tracking.log_artifacts(out / REJECTED_CSV, "data")
+        tracking.log_artifacts(out / EDA_DIR, "eda")
+        tracking.log_artifacts(out / VALIDATION_DOCS_DIR, "validation")

@@ -101,8 +101,13 @@ def test_repro_runs_the_chain_and_learns(repo, first_repro):
     assert edges - set(zip(STAGES, STAGES[1:])) == {("prepare", "evaluate"), ("download", "train"), ("validate", "train")}
     validate, split, evaluate = metrics(repo, "validate"), metrics(repo, "split"), metrics(repo, "evaluate")
     assert validate["raw"] == validate["clean"] == {"COVID": 171, "Lung_Opacity": 284, "Normal": 482, "Viral Pneumonia": 63}
-    assert validate["rejected"] == {}
-    assert {s: sum(c.values()) for s, c in split["counts"].items()} == {"train": 700, "val": 150, "test": 150}
+    assert validate["rejected"] == {} and validate["gate"]["passed"] is True
+    assert validate["duplicates"] == {"exact_groups": 0, "near_groups": 0, "grouped_images": 0}
+    assert validate["expectations"] == {"evaluated": 13, "failed": 0}
+    assert {s: sum(c.values()) for s, c in split["counts"].items()} == {"train": 698, "val": 151, "test": 151}
+    assert split["groups"] == 1000 and split["leakage"] == {"exact_pairs": 0, "near_pairs": 0}
+    for page in ("validation/index.html", "eda/index.html", "eda/grid_viral_pneumonia.png"):
+        assert (repo / "reports" / page).stat().st_size > 1000
     assert evaluate["n"] == sum(split["counts"]["test"].values())
     assert evaluate["macro_f1"] > 0.6, evaluate  # chance is 0.25 for four classes
     assert set(evaluate["per_class"]) == {"COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"}
@@ -118,7 +123,11 @@ def test_second_repro_runs_nothing(repo, first_repro):
 
 def test_mlflow_has_the_run_with_params_metrics_model(repo, first_repro):
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    [run] = client.search_runs([client.get_experiment_by_name("chestxray").experiment_id])
+    experiment = client.get_experiment_by_name("chestxray").experiment_id
+    [validate] = client.search_runs([experiment], "tags.stage = 'validate'")
+    assert validate.data.metrics["clean.Normal"] == metrics(repo, "validate")["clean"]["Normal"]
+    assert {"eda/index.html", "validation/index.html"} <= {a.path for d in ("eda", "validation") for a in client.list_artifacts(validate.info.run_id, d)}
+    [run] = client.search_runs([experiment], "tags.stage = 'train'")
     assert run.info.run_id == metrics(repo, "evaluate")["run_id"]
     assert run.data.params["model"] == "cnn" and run.data.params["data.synthetic.n_images"] == "1000"
     assert run.data.metrics["test.macro_f1"] == pytest.approx(metrics(repo, "evaluate")["macro_f1"])
@@ -206,7 +215,7 @@ def test_exp_run_on_kaggle_downloads_with_the_real_client_and_runs_everything(tm
     assert validate["task"]["excluded"] == {"Lung_Opacity": 29}
     assert sorted(metrics(project, "evaluate")["per_class"]) == ["COVID", "Normal", "Viral Pneumonia"]
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    [run] = client.search_runs([client.get_experiment_by_name("chestxray").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("chestxray").experiment_id], "tags.stage = 'train'")
     assert run.data.tags["data.slug"] == SLUG and run.data.tags["data.sha256"] == download["sha256"]
     assert run.data.tags["data.version"] == str(stub.version) and run.data.params["data.task"] == "3class"
     logged = Path(client.download_artifacts(run.info.run_id, "data/validate.json", str(tmp_path)))

@@ -31,6 +31,10 @@ def test_repository_params_are_valid(params):
         ("train.weights", "random", "train.weights must be one of imagenet, none, got 'random'"),
         ("data.image_size", 8, "data.image_size must be an integer >= 32, got 8"),
         ("split.test", 1.5, "split.test must be a fraction in (0, 1), got 1.5"),
+        ("split.use_source_split", "yes", "split.use_source_split must be true or false, got 'yes'"),
+        ("validate.max_reject_fraction", 1.0, "validate.max_reject_fraction must be a fraction in [0, 1), got 1.0"),
+        ("validate.near_duplicate_distance", -1, "validate.near_duplicate_distance must be an integer >= 0, got -1"),
+        ("validate.max_side", 32, "validate.max_side (32) is below validate.min_side (64)"),
     ],
 )
 def test_bad_values_name_key_and_allowed_values(key, value, message):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import make_params
 
+from chestxray.config import MANIFEST_CSV, METRICS_DIR
 from chestxray.errors import UserError
 from chestxray.io import read_json
 from chestxray.labels import NO_LABEL, apply_task, task_label
 from chestxray.validation import validate_dataset
-from conftest import make_params
 
 RADIOGRAPHY = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 IMAGE_DATASET = ["Covid", "Normal", "Viral Pneumonia"]
@@ -74,12 +75,11 @@ def test_a_task_the_labels_cannot_serve_is_a_clear_error():
         ("covid-chestxray-dataset-sample", "binary", {"COVID": 16, "non-COVID": 24}, {"todo": 4, "Unknown": 1}),
     ],
 )
-def test_validate_labels_each_real_sample_for_the_task(shared, tmp_path, sample, task, clean, excluded):
-    data = make_params(**{"data.task": task}).data
-    out = tmp_path / "out"
-    metrics = validate_dataset(shared / "data" / sample, data, out / "manifest.csv", out / "rejected.csv", out / "validate.json")
+def test_validate_labels_each_real_sample_for_the_task(shared, tmp_path, mlflow_store, sample, task, clean, excluded):
+    p = make_params(**{"data.task": task})
+    metrics = validate_dataset(shared / "data" / sample, p.data, p.validate, p.seed, tmp_path)
     assert metrics["clean"] == clean and metrics["task"]["excluded"] == excluded
     assert metrics["task"]["name"] == task and metrics["task"]["classes"] == sorted(clean)
-    assert read_json(out / "validate.json")["task"]["mapping"] == metrics["task"]["mapping"]
-    manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    assert read_json(tmp_path / METRICS_DIR / "validate.json")["task"]["mapping"] == metrics["task"]["mapping"]
+    manifest = pd.read_csv(tmp_path / MANIFEST_CSV, keep_default_na=False)
     assert manifest["label"].value_counts().to_dict() == clean
