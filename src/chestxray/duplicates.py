@@ -31,34 +31,34 @@ def hash_words(phashes: Sequence[str]) -> np.ndarray:
     return np.array([[int(h[i : i + 16], 16) for i in range(0, len(h), 16)] for h in phashes], dtype=np.uint64)
 
 
-def near_pairs(a: Sequence[str], b: Sequence[str] | None, max_distance: int) -> np.ndarray:
-    """Index pairs (i, j) whose hashes differ in at most ``max_distance`` bits: within ``a`` (i < j)
-    when ``b`` is None, else between ``a`` and ``b``. Returns an (k, 2) int array, sorted."""
-    wa = hash_words(a)
-    wb = wa if b is None else hash_words(b)
+def near_pairs(phashes: Sequence[str], max_distance: int) -> np.ndarray:
+    """Index pairs (i, j), i < j, whose hashes differ in at most ``max_distance`` bits, as an (k, 2) int array."""
+    words = hash_words(phashes)
     pairs = []
-    for start in range(0, len(wa), CHUNK):
-        block = wa[start : start + CHUNK]
-        distance = np.zeros((len(block), len(wb)), np.uint16)
-        for word in range(wa.shape[1]):  # word by word: small temporaries, no (rows × n × words) array
-            distance += np.bitwise_count(block[:, word, None] ^ wb[None, :, word])
+    for start in range(0, len(words), CHUNK):
+        block = words[start : start + CHUNK]
+        distance = np.zeros((len(block), len(words)), np.uint16)
+        for word in range(words.shape[1]):  # word by word: small temporaries, no (rows × n × words) array
+            distance += np.bitwise_count(block[:, word, None] ^ words[None, :, word])
         i, j = np.nonzero(distance <= max_distance)
         i = i + start
-        keep = i < j if b is None else slice(None)
-        pairs.append(np.stack([i[keep], j[keep]], axis=1))
+        pairs.append(np.stack([i[i < j], j[i < j]], axis=1))
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+
+def components(n: int, edges: np.ndarray) -> np.ndarray:
+    """The connected component of each of ``n`` nodes joined by ``edges`` ((k, 2) index pairs)."""
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
 
 def find_duplicates(sha256: Sequence[str], phashes: Sequence[str], max_distance: int) -> Duplicates:
     """Group images whose bytes are identical or whose perceptual hashes are within ``max_distance``
     bits (transitively: a chain of near copies is one group)."""
     n = len(sha256)
-    exact = _same_value_pairs(sha256)
-    near = near_pairs(phashes, None, max_distance)
-    edges = np.concatenate([exact, near]) if n else np.zeros((0, 2), np.int64)
-    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    sizes = np.bincount(component, minlength=n) if n else np.zeros(0, np.int64)
+    near = near_pairs(phashes, max_distance)
+    component = components(n, np.concatenate([_same_value_pairs(sha256), near]))
+    sizes = np.bincount(component, minlength=n)
     group = np.full(n, -1, np.int64)
     numbers: dict[int, int] = {}
     for i, c in enumerate(component):

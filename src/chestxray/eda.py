@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from chestxray.images import load_gray  # noqa: E402
 from chestxray.io import atomic_path  # noqa: E402
-from chestxray.reports import DPI  # noqa: E402
+from chestxray.reports import DPI, save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,10 @@ def _figure(path: Path, size: tuple[float, float], nrows: int = 1, ncols: int = 
     fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained")
     try:
         yield axes
-        fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
-    finally:
+    except BaseException:
         plt.close(fig)
+        raise
+    save_figure(fig, path)
 
 
 def _plot_classes(counts: Mapping[str, int], colours: Mapping[str, str], path: Path) -> None:

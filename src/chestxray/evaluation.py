@@ -15,7 +15,7 @@ from sklearn import metrics as skm
 
 from chestxray import reports, tracking
 from chestxray.cache import cache_meta, load_split, make_dataset
-from chestxray.io import atomic_path, read_json, write_json
+from chestxray.io import read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,9 @@ def evaluate_model(model_dir: Path, cache_dir: Path, metrics_json: Path, out_dir
     table = table.join(pd.DataFrame(prob.round(6), columns=[f"p_{c}" for c in classes]))
     curves = roc_curves(y, prob, classes)
     (out_dir / "roc").mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "predictions.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(out_dir / "predictions.csv", table)
     for name, curve in curves.items():
-        with atomic_path(out_dir / "roc" / f"{name}.csv") as tmp:
-            curve.to_csv(tmp, index=False)
+        write_csv(out_dir / "roc" / f"{name}.csv", curve)
     reports.plot_confusion(confusion(y, pred, len(classes)), classes, out_dir / "confusion.png")
     reports.plot_roc(curves, {c: metrics["per_class"][c]["roc_auc"] for c in classes}, out_dir / "roc.png")
     write_json(metrics_json, metrics)

@@ -72,7 +72,8 @@ def inspect_all(paths: Sequence[str], workers: int | None = None) -> list[ImageI
     processes are spawned, so a script calling this needs an ``if __name__ == "__main__":`` guard."""
     files = [Path(p) for p in paths]
     progress = {"total": len(files), "desc": "inspect", "unit": "img"}
-    if (workers or len(os.sched_getaffinity(0))) == 1:
+    workers = workers or len(os.sched_getaffinity(0))
+    if workers == 1:
         return [inspect(p) for p in tqdm(files, **progress)]
     # spawn, not fork: the caller may hold TensorFlow or other threads that a forked child would inherit mid-lock
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
@@ -53,6 +55,12 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented, key-sorted JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as CSV without its index, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -39,7 +39,7 @@ LEADERBOARD_COLUMNS = (
 )
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     """Write ``fig`` as a PNG via a temp file, then close it."""
     try:
         with atomic_path(path) as tmp:
@@ -71,7 +71,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(2 * size + 1.5, size), layout="constrained")
     _matrix_panel(left, cm, classes, "Counts", "d", max(int(cm.max()), 1))
     _matrix_panel(right, rates, classes, "Row-normalised (recall per true class)", ".2f", 1.0)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_roc(curves: dict[str, pd.DataFrame], aucs: dict[str, float | None], path: Path) -> None:
@@ -87,7 +87,7 @@ def plot_roc(curves: dict[str, pd.DataFrame], aucs: dict[str, float | None], pat
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_history(history: pd.DataFrame, path: Path, fine_tune_start: int | None) -> None:
@@ -106,7 +106,7 @@ def plot_history(history: pd.DataFrame, path: Path, fine_tune_start: int | None)
         ax.set(title=title, xlabel="Epoch", ylabel=title)
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _cell(value: Any) -> str:

@@ -14,9 +14,9 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from chestxray.config import MANIFEST_CSV, METRICS_DIR, SPLIT_CSV, SplitConfig
-from chestxray.duplicates import near_pairs
+from chestxray.duplicates import components, near_pairs
 from chestxray.errors import UserError
-from chestxray.io import atomic_path, write_json
+from chestxray.io import write_csv, write_json
 from chestxray.layouts import label_counts
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,6 @@ def split_dataset(split: SplitConfig, near_distance: int, seed: int, root: Path 
     """Split ``root``'s clean manifest; write the split table (``path, label, split, group``) and
     ``metrics/split.json`` (counts, groups, leakage). Leakage across splits fails the stage."""
     manifest = pd.read_csv(root / MANIFEST_CSV, dtype=str, keep_default_na=False)
-    removed = 0
-    if split.use_source_split:
-        manifest, removed = _drop_cross_split_copies(manifest)
     table = assign_splits(manifest, split.val, split.test, seed, split.use_source_split)
     leakage = leakage_pairs(table, near_distance)
     groups = table["group"].nunique()
@@ -40,7 +37,7 @@ def split_dataset(split: SplitConfig, near_distance: int, seed: int, root: Path 
         "counts": {s: label_counts(table[table["split"] == s]) for s in SPLITS},
         "groups": int(groups),
         "leakage": leakage,
-        "removed_cross_split_duplicates": removed,
+        "removed_cross_split_duplicates": len(manifest) - len(table),
     }
     if any(leakage.values()):
         write_json(root / METRICS_DIR / "split.json", metrics)
@@ -49,8 +46,7 @@ def split_dataset(split: SplitConfig, near_distance: int, seed: int, root: Path 
             f"image pairs (see {root / METRICS_DIR / 'split.json'}); re-run validate with the same "
             "validate.near_duplicate_distance as split uses"
         )
-    with atomic_path(root / SPLIT_CSV) as tmp:
-        table[list(SPLIT_COLUMNS)].to_csv(tmp, index=False)
+    write_csv(root / SPLIT_CSV, table[list(SPLIT_COLUMNS)])
     metrics["data_version"] = data_version(root / SPLIT_CSV)
     write_json(root / METRICS_DIR / "split.json", metrics)
     log.info("split %d images in %d groups: %s", len(table), groups, {s: int((table["split"] == s).sum()) for s in SPLITS})
@@ -61,8 +57,9 @@ def assign_splits(
     manifest: pd.DataFrame, val: float, test: float, seed: int, use_source_split: bool = False
 ) -> pd.DataFrame:
     """Return ``manifest`` sorted by path with ``group`` and ``split`` columns. Test takes ``test``
-    of the images (or the source's own test images), val ``val / (1 - test)`` of the rest; whole
-    groups move together, and each class keeps its share in every split as far as groups allow."""
+    of the images (or the source's own test images, less the train copies of them), val
+    ``val / (1 - test)`` of the rest; whole groups move together, and each class keeps its share in
+    every split as far as groups allow."""
     table = manifest.sort_values("path", kind="stable").reset_index(drop=True)
     counts = table["label"].value_counts()
     too_small = counts[counts < 3]
@@ -73,6 +70,7 @@ def assign_splits(
         )
     table["group"] = groups(table)
     if use_source_split:
+        table = _without_train_copies_of_test(table)
         is_test = table["source_split"] == "test"
     else:
         is_test = _hold_out(table, np.ones(len(table), bool), test, seed)
@@ -83,22 +81,17 @@ def assign_splits(
 
 def groups(table: pd.DataFrame) -> list[str]:
     """Each image's group: its patient (``patient:<id>``), else its duplicate group, else itself;
-    a duplicate group that spans patients joins them into one group."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            x = parent[x]
-        return x
-
-    keys = []
-    for path, patient, dup in zip(table["path"], _column(table, "patient_id"), _column(table, "dup_group")):
-        key = f"patient:{patient}" if patient else (dup or path)
-        keys.append(key)
-        if patient and dup:
-            a, b = sorted((find(key), find(dup)))
-            parent[b] = a
-    return [find(k) for k in keys]
+    a duplicate group that spans patients joins them into one group (named by its first key)."""
+    dups = list(_column(table, "dup_group"))
+    keys = [f"patient:{p}" if p else (d or path) for path, p, d in zip(table["path"], _column(table, "patient_id"), dups)]
+    nodes = sorted(set(keys) | set(filter(None, dups)))
+    index = {node: i for i, node in enumerate(nodes)}
+    links = np.array([(index[k], index[d]) for k, d in zip(keys, dups) if d and k != d], np.int64).reshape(-1, 2)
+    component = components(len(nodes), links)
+    name: dict[int, str] = {}
+    for node, c in zip(nodes, component):
+        name.setdefault(int(c), node)
+    return [name[int(component[index[k]])] for k in keys]
 
 
 def _column(table: pd.DataFrame, name: str) -> pd.Series:
@@ -132,34 +125,31 @@ def _folds(fraction: float, max_folds: int) -> tuple[int, int]:
     return n, k
 
 
-def _drop_cross_split_copies(manifest: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """With the source's own split: drop the train copies of images that are also in its test
-    set (the test set stays as published). Fails if the source has no split."""
-    if "source_split" not in manifest.columns or not manifest["source_split"].isin(["train", "test"]).all():
+def _without_train_copies_of_test(table: pd.DataFrame) -> pd.DataFrame:
+    """With the source's own split: drop the train images whose group has a test image (the test
+    set stays as published). Fails if the source has no split."""
+    if "source_split" not in table.columns or not table["source_split"].isin(["train", "test"]).all():
         raise UserError(
             "split.use_source_split is true but the dataset has no train/test split of its own for every image "
             "(only the covid19-image-dataset layout has one); set split.use_source_split: false"
         )
-    manifest = manifest.assign(group=groups(manifest))
-    test_groups = set(manifest.loc[manifest["source_split"] == "test", "group"])
-    drop = (manifest["source_split"] != "test") & manifest["group"].isin(test_groups)
-    for path in manifest.loc[drop, "path"]:
+    test_groups = set(table.loc[table["source_split"] == "test", "group"])
+    drop = (table["source_split"] != "test") & table["group"].isin(test_groups)
+    for path in table.loc[drop, "path"]:
         log.warning("%s: a copy of it is in the source's test set; left out of train", path)
-    return manifest[~drop].drop(columns="group").reset_index(drop=True), int(drop.sum())
+    return table[~drop].reset_index(drop=True)
 
 
 def leakage_pairs(table: pd.DataFrame, near_distance: int) -> dict[str, int]:
     """Pairs of images in different splits that are byte-identical (``exact_pairs``) or whose
     perceptual hashes are within ``near_distance`` bits but whose bytes differ (``near_pairs``)."""
-    exact = near = 0
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1 :]:
-            left, right = table[table["split"] == a], table[table["split"] == b]
-            shared = set(left["sha256"]) & set(right["sha256"])
-            exact += sum(int((left["sha256"] == h).sum() * (right["sha256"] == h).sum()) for h in shared)
-            pairs = near_pairs(list(left["phash"]), list(right["phash"]), near_distance)
-            near += int(sum(left["sha256"].iloc[p] != right["sha256"].iloc[q] for p, q in pairs))
-    return {"exact_pairs": exact, "near_pairs": near}
+    per_split = table.groupby(["sha256", "split"]).size()
+    per_hash = per_split.groupby(level="sha256").sum()
+    exact = (per_hash * (per_hash - 1)).sum() // 2 - (per_split * (per_split - 1)).sum() // 2  # all pairs − same-split pairs
+    i, j = near_pairs(list(table["phash"]), near_distance).T
+    split, sha = table["split"].to_numpy(), table["sha256"].to_numpy()
+    near = (split[i] != split[j]) & (sha[i] != sha[j])
+    return {"exact_pairs": int(exact), "near_pairs": int(near.sum())}
 
 
 def data_version(split_csv: Path) -> str:

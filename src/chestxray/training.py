@@ -18,7 +18,7 @@ import tensorflow as tf
 from chestxray import tracking
 from chestxray.cache import cache_meta, load_split, make_dataset
 from chestxray.config import AugmentConfig, Params
-from chestxray.io import atomic_path, read_json, write_json
+from chestxray.io import atomic_path, read_json, write_csv, write_json
 from chestxray.models import build_model, is_pretrained, unfreeze_top
 from chestxray.reports import plot_history
 
@@ -124,8 +124,7 @@ def train_model(
         write_json(out / "run.json", {"run_id": run_id, "model": params.model, "classes": classes, "image_size": size, "data_version": data_version})
         curves_dir = reports_dir / "train"
         curves_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(curves_dir / "history.csv") as tmp:
-            curves.to_csv(tmp, index=False)
+        write_csv(curves_dir / "history.csv", curves)
         plot_history(curves, curves_dir / "curves.png", fine_tune_start=None if fine_tune_start is None else fine_tune_start + 1)
         tracking.log_artifacts(curves_dir, "train")
         write_json(metrics_json, metrics)

@@ -33,7 +33,7 @@ from chestxray.duplicates import find_duplicates
 from chestxray.eda import write_eda
 from chestxray.errors import UserError
 from chestxray.images import ImageInfo, inspect_all
-from chestxray.io import atomic_path, write_json
+from chestxray.io import atomic_path, write_csv, write_json
 from chestxray.labels import TASKS, apply_task
 from chestxray.layouts import label_counts, read_layout
 
@@ -101,7 +101,7 @@ def validate_dataset(
     }
     for reason, n in metrics["rejected"].items():
         log.warning("rejected %d file(s): %s (see %s)", n, reason, out / REJECTED_CSV)
-    _write_csv(rejected, out / REJECTED_CSV)
+    write_csv(out / REJECTED_CSV, rejected)
     if not metrics["gate"]["passed"]:
         write_json(out / METRICS_DIR / "validate.json", metrics)
         raise UserError(
@@ -111,7 +111,7 @@ def validate_dataset(
         )
     _require_classes(metrics["clean"], classes, raw_dir, data.task, f"has no clean images (see {out / REJECTED_CSV})")
     metrics["imbalance"] = write_eda(clean, classes, out / EDA_DIR, seed)["imbalance"]
-    _write_csv(clean, out / MANIFEST_CSV)
+    write_csv(out / MANIFEST_CSV, clean)
     write_json(out / METRICS_DIR / "validate.json", metrics)
     _track(metrics, out)
     log.info("validated %d images: %d clean, %d rejected", len(table), len(clean), len(rejected))
@@ -236,11 +236,6 @@ def _rejected_table(table: pd.DataFrame, kept: pd.DataFrame, reasons: dict[int, 
             detail = f"{row['format']} {row['mode']} {row['width']}x{row['height']} px, grey std {row['std']:.2f}"
         rows.append({"path": row["path"], "reason": reasons[i], "label": row["label"], "detail": detail})
     return pd.DataFrame(rows, columns=list(REJECTED_COLUMNS))
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def _track(metrics: dict[str, Any], out: Path) -> None:
