@@ -12,7 +12,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Backbone:
     """``application``: class in ``keras.applications`` (None: the project's small CNN).
-    ``module``: submodule of ``keras.applications`` whose ``preprocess_input`` the backbone needs."""
+    ``module``: submodule of ``keras.applications`` whose ``preprocess_input`` the backbone needs
+    (EfficientNet and ConvNeXt take 0–255 and rescale inside the model: theirs is the identity)."""
 
     application: str | None
     module: str | None
@@ -20,10 +21,16 @@ class Backbone:
 
 BACKBONES: dict[str, Backbone] = {
     "cnn": Backbone(None, None),
+    "mobilenet": Backbone("MobileNet", "mobilenet"),
     "mobilenetv2": Backbone("MobileNetV2", "mobilenet_v2"),
     "resnet50": Backbone("ResNet50", "resnet50"),
+    "resnet50v2": Backbone("ResNet50V2", "resnet_v2"),
     "vgg16": Backbone("VGG16", "vgg16"),
     "vgg19": Backbone("VGG19", "vgg19"),
+    "densenet121": Backbone("DenseNet121", "densenet"),
+    "efficientnetb0": Backbone("EfficientNetB0", "efficientnet"),
+    "efficientnetv2b0": Backbone("EfficientNetV2B0", "efficientnet_v2"),
+    "convnext_tiny": Backbone("ConvNeXtTiny", "convnext"),
 }
 
 # Settings under backbones.<name> that the trainer uses; the rest go to the constructor.

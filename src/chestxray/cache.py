@@ -57,9 +57,16 @@ def cache_meta(cache_dir: Path) -> dict[str, Any]:
     return read_json(cache_dir / "meta.json")
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, augment=None):
+def make_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, augment=None, balanced: bool = False
+):
     """A tf.data pipeline over (images, labels): batches are gathered from the memory map, so
-    memory holds a few batches, never the dataset; ``augment`` is a Keras layer applied per batch."""
+    memory holds a few batches, never the dataset; ``augment`` is a Keras layer applied per batch.
+
+    ``balanced`` oversamples: the classes take turns, each cycling through its own images in a
+    fresh shuffled order, so every batch holds the classes in equal numbers (±1); an epoch is
+    still ``len(x)`` images.
+    """
     import tensorflow as tf
 
     size = x.shape[1]
@@ -73,9 +80,18 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
         images = tf.ensure_shape(tf.cast(images, tf.float32), (None, size, size, 1))
         return images, tf.ensure_shape(labels, (None,))
 
-    ds = tf.data.Dataset.range(len(x))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if balanced:
+        groups = [np.flatnonzero(y == label) for label in np.unique(y)]
+        per_class = [
+            tf.data.Dataset.from_tensor_slices(g).shuffle(len(g), seed=seed + i, reshuffle_each_iteration=True).repeat()
+            for i, g in enumerate(groups)
+        ]
+        turns = tf.data.Dataset.range(len(per_class)).repeat()
+        ds = tf.data.Dataset.choose_from_datasets(per_class, turns).take(len(x))
+    else:
+        ds = tf.data.Dataset.range(len(x))
+        if shuffle:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None:
         ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

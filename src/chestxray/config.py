@@ -17,8 +17,10 @@ from chestxray.synthetic import MIN_IMAGES
 
 SOURCES = ("synthetic", "kaggle", "local")
 WEIGHTS = ("imagenet", "none")
-IMBALANCE = ("none", "class_weight")
+IMBALANCE = ("none", "class_weight", "oversample", "focal")
 MONITORS = ("val_loss", "val_accuracy")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
+DISTRIBUTE = ("auto", "none", "mirrored")
 
 # Where each stage reads and writes, relative to the repository root (the stages' working dir).
 RAW_DIR = Path("data/raw")
@@ -68,9 +70,27 @@ class SplitConfig:
 class AugmentConfig:
     rotation: float
     shift: float
+    shear: float
     zoom: float
     contrast: float
     flip: bool
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Global average pooling → batch norm → dropout → [Dense + ReLU → dropout]… → softmax."""
+
+    dense: tuple[int, ...]
+    dropout: float
+
+
+@dataclass(frozen=True)
+class FocalConfig:
+    """Focal loss: ``gamma`` focuses on hard examples; ``alpha`` is 'balanced' (n / (k · count)
+    per class, from the training split) or a weight per class name."""
+
+    gamma: float
+    alpha: str | dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -82,9 +102,13 @@ class TrainConfig:
     batch_size: int
     weights: str
     imbalance: str
+    focal: FocalConfig
     monitor: str
     patience: int
-    dropout: float
+    ema_momentum: float
+    head: HeadConfig
+    mixed_precision: str
+    distribute: str
     deterministic: bool
     augment: AugmentConfig
 
@@ -168,13 +192,18 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         batch_size=p.integer("train.batch_size", low=1),
         weights=p.choice("train.weights", WEIGHTS),
         imbalance=p.choice("train.imbalance", IMBALANCE),
+        focal=FocalConfig(gamma=p.number("train.focal.gamma", low=0), alpha=p.focal_alpha("train.focal.alpha", TASKS[data.task])),
         monitor=p.choice("train.monitor", MONITORS),
         patience=p.integer("train.patience", low=1),
-        dropout=p.fraction("train.dropout", allow_zero=True),
+        ema_momentum=p.fraction("train.ema_momentum", allow_zero=True),
+        head=HeadConfig(dense=p.units("train.head.dense"), dropout=p.fraction("train.head.dropout", allow_zero=True)),
+        mixed_precision=p.choice("train.mixed_precision", PRECISIONS),
+        distribute=p.choice("train.distribute", DISTRIBUTE),
         deterministic=p.boolean("train.deterministic"),
         augment=AugmentConfig(
             rotation=p.number("train.augment.rotation", low=0),
             shift=p.fraction("train.augment.shift", allow_zero=True),
+            shear=p.fraction("train.augment.shear", allow_zero=True),
             zoom=p.fraction("train.augment.zoom", allow_zero=True),
             contrast=p.fraction("train.augment.contrast", allow_zero=True),
             flip=p.boolean("train.augment.flip"),
@@ -262,6 +291,23 @@ class _Reader:
         if not isinstance(value, dict) or any(v not in allowed for v in value.values()):
             raise self.fail(key, "a mapping of source label → one of " + ", ".join(CLASSES) + " (or null to leave it out)", value)
         return {str(k): v for k, v in value.items()}
+
+    def units(self, key: str) -> tuple[int, ...]:
+        value = self.get(key)
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+            raise self.fail(key, "a list of layer widths (integers >= 1), e.g. [] or [256]", value)
+        return tuple(value)
+
+    def focal_alpha(self, key: str, classes: tuple[str, ...]) -> str | dict[str, float]:
+        value = self.get(key)
+        if value == "balanced":
+            return value
+        expected = "'balanced' or a weight > 0 for each class: " + ", ".join(classes)
+        if not isinstance(value, dict) or set(value) != set(classes):
+            raise self.fail(key, expected, value)
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in value.values()):
+            raise self.fail(key, expected, value)
+        return {c: float(value[c]) for c in classes}
 
     def text(self, key: str) -> str:
         value = self.get(key)

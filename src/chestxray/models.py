@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import keras
 from keras import layers, ops
 
 from chestxray.backbones import BACKBONES, TRAINING_KEYS
+from chestxray.config import HeadConfig
 from chestxray.errors import UserError
 
 # Keras' default BatchNorm momentum (0.99) leaves the moving statistics near their initial values
@@ -44,13 +46,36 @@ class Preprocess(layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
+@keras.saving.register_keras_serializable(package="chestxray")
+class SparseFocalLoss(keras.losses.Loss):
+    """Focal loss (Lin et al., 2017) on integer labels: −α_y (1 − p_y)^γ log p_y, per sample.
+
+    Keras' categorical focal crossentropy with a per-class ``alpha`` on one-hot labels.
+    """
+
+    def __init__(self, alpha: Sequence[float], gamma: float, name: str = "focal_loss", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.alpha, self.gamma = [float(a) for a in alpha], float(gamma)
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        one_hot = ops.one_hot(labels, len(self.alpha), dtype=y_pred.dtype)
+        alpha = ops.convert_to_tensor(self.alpha, dtype=y_pred.dtype)
+        return keras.losses.categorical_focal_crossentropy(one_hot, y_pred, alpha=alpha, gamma=self.gamma)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma}
+
+
 def build_model(
-    name: str, image_size: int, n_classes: int, weights: str, settings: dict[str, Any], dropout: float
+    name: str, image_size: int, n_classes: int, weights: str, settings: dict[str, Any], head: HeadConfig
 ) -> tuple[keras.Model, keras.Model]:
     """Return (model, base): input (size, size, 1) grey 0–255 → class probabilities.
 
     A pretrained base runs in inference mode (``training=False``) so its BatchNorm statistics
-    stay fixed, also once its top layers are unfrozen for fine-tuning.
+    stay fixed, also once its top layers are unfrozen for fine-tuning. The head is global average
+    pooling → batch norm → dropout → ``head.dense`` hidden layers → softmax (kept in float32
+    under mixed precision).
     """
     if name not in BACKBONES:
         raise UserError(f"unknown model '{name}'; valid: {', '.join(BACKBONES)}")
@@ -60,8 +85,11 @@ def build_model(
     x = base(x, training=False) if is_pretrained(name, weights) else base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="head_bn")(x)
-    x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    x = layers.Dropout(head.dropout, name="head_dropout")(x)
+    for i, units in enumerate(head.dense, start=1):
+        x = layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
+        x = layers.Dropout(head.dropout, name=f"head_dropout{i}")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"{name}_classifier"), base
 
 

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from chestxray import tracking
+from chestxray import devices, tracking
 from chestxray.cache import cache_meta, load_split, make_dataset
-from chestxray.config import AugmentConfig, Params
-from chestxray.io import atomic_path, read_json, write_csv, write_json
-from chestxray.models import build_model, is_pretrained, unfreeze_top
+from chestxray.config import AugmentConfig, Params, TrainConfig
+from chestxray.io import atomic_path, read_json, write_json
+from chestxray.models import SparseFocalLoss, build_model, is_pretrained, unfreeze_top
 from chestxray.reports import plot_history
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ def augmenter(cfg: AugmentConfig, seed: int) -> keras.Sequential | None:
         steps.append(keras.layers.RandomRotation(cfg.rotation, fill_mode="constant", seed=seed))
     if cfg.shift:
         steps.append(keras.layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant", seed=seed + 1))
+    if cfg.shear:
+        steps.append(keras.layers.RandomShear(cfg.shear, cfg.shear, fill_mode="constant", seed=seed + 5))
     if cfg.zoom:
         steps.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="constant", seed=seed + 2))
     if cfg.contrast:
@@ -54,6 +56,17 @@ def class_weights(y: np.ndarray, k: int) -> dict[int, float]:
     return {i: float(len(y) / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
+def loss_for(cfg: TrainConfig, y: np.ndarray, classes: Sequence[str]) -> keras.losses.Loss:
+    """Cross-entropy, or with ``imbalance: focal`` the focal loss with its per-class alpha."""
+    if cfg.imbalance != "focal":
+        return keras.losses.SparseCategoricalCrossentropy()
+    if cfg.focal.alpha == "balanced":
+        alpha = list(class_weights(y, len(classes)).values())
+    else:
+        alpha = [cfg.focal.alpha[c] for c in classes]
+    return SparseFocalLoss(alpha, cfg.focal.gamma)
+
+
 def train_model(
     params: Params, cache_dir: Path, model_dir: Path, metrics_json: Path, reports_dir: Path, data_records: Sequence[Path] = ()
 ) -> dict[str, Any]:
@@ -63,52 +76,67 @@ def train_model(
     seed_everything(params.seed, cfg.deterministic)
     meta = cache_meta(cache_dir)
     classes, size, data_version = meta["classes"], meta["image_size"], meta["data_version"]
+    policy, strategy = devices.dtype_policy(cfg.mixed_precision), devices.strategy(cfg.distribute)
+    batch_size = cfg.batch_size * strategy.num_replicas_in_sync
+    log.info("%d replica(s), global batch %d, dtype policy %s", strategy.num_replicas_in_sync, batch_size, policy)
     x_train, y_train = load_split(cache_dir, "train")
     x_val, y_val = load_split(cache_dir, "val")
-    train_ds = make_dataset(x_train, y_train, cfg.batch_size, True, params.seed, augmenter(cfg.augment, params.seed))
-    val_ds = make_dataset(x_val, y_val, cfg.batch_size, False, params.seed)
-    model, base = build_model(params.model, size, len(classes), cfg.weights, params.backbone, cfg.dropout)
+    train_ds = make_dataset(
+        x_train, y_train, batch_size, True, params.seed, augmenter(cfg.augment, params.seed), balanced=cfg.imbalance == "oversample"
+    )
+    val_ds = make_dataset(x_val, y_val, batch_size, False, params.seed)
+    with devices.dtype_policy_scope(policy), strategy.scope():
+        model, base = build_model(params.model, size, len(classes), cfg.weights, params.backbone, cfg.head)
     pretrained = is_pretrained(params.model, cfg.weights)
     lr = float(params.backbone["learning_rate"])
     phases = [("head" if pretrained else "full", cfg.epochs, lr, None)]
     if pretrained and cfg.fine_tune_epochs:
         phases.append(("fine_tune", cfg.fine_tune_epochs, lr * cfg.fine_tune_lr_factor, cfg.fine_tune_layers))
     weights = class_weights(y_train, len(classes)) if cfg.imbalance == "class_weight" else None
+    loss = loss_for(cfg, y_train, classes)
+    curves_dir = reports_dir / "train"
+    curves_dir.mkdir(parents=True, exist_ok=True)
+    history_csv = curves_dir / "history.csv"
+    history_csv.unlink(missing_ok=True)
 
     with atomic_path(model_dir, is_dir=True) as out, tracking.run(tracking.run_tags(params.model, data_version)) as run_id:
-        tracking.log_params(params.flat)
+        resolved = {"dtype_policy": policy, "replicas": strategy.num_replicas_in_sync, "global_batch_size": batch_size}
+        tracking.log_params({**params.flat, "resolved": resolved})
         tracking.log_data_records({p.stem: read_json(p) for p in data_records if p.exists()})
         checkpoint = keras.callbacks.ModelCheckpoint(out / "model.keras", monitor=cfg.monitor, save_best_only=True)
+        csv_log = keras.callbacks.CSVLogger(history_csv, append=True)  # one row per epoch, written as it ends
         to_mlflow = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: tracking.log_metrics(logs, step=epoch))
-        history, start, fine_tune_start = [], time.perf_counter(), None
+        epoch, start, fine_tune_epoch = 0, time.perf_counter(), None
         for phase, epochs, rate, unfreeze in phases:
             if unfreeze is None:
                 base.trainable = not pretrained
             else:
-                fine_tune_start = len(history)
+                fine_tune_epoch = epoch
                 log.info("fine-tuning: %d trainable layers in the base", unfreeze_top(base, unfreeze))
-            model.compile(
-                optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-            )
+            with strategy.scope():
+                optimizer = keras.optimizers.Adam(rate, use_ema=cfg.ema_momentum > 0, ema_momentum=cfg.ema_momentum)
+                model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
             log.info("phase %s: %d epochs at learning rate %g, %d trainable weights", phase, epochs, rate, len(model.trainable_weights))
             fit = model.fit(
                 train_ds,
                 validation_data=val_ds,
-                initial_epoch=len(history),
-                epochs=len(history) + epochs,
+                initial_epoch=epoch,
+                epochs=epoch + epochs,
                 class_weight=weights,
                 callbacks=[
+                    # before the checkpoint, so validation and checkpoints use the weights' moving average
+                    *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema_momentum else []),
                     checkpoint,
                     keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience),
                     keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, factor=0.5, patience=max(1, cfg.patience // 2)),
+                    csv_log,
                     to_mlflow,
                 ],
                 verbose=1 if sys.stdout.isatty() else 2,
             )
-            history += [{"phase": phase, **{k: float(v[i]) for k, v in fit.history.items()}} for i in range(len(fit.history["loss"]))]
+            epoch += len(fit.history["loss"])
         seconds = time.perf_counter() - start
-        curves = pd.DataFrame(history).rename(columns={"learning_rate": "lr"})
-        curves.insert(0, "epoch", range(1, len(curves) + 1))
+        curves = pd.read_csv(history_csv)
         best = best_epoch(curves, cfg.monitor)
         best_model = keras.models.load_model(out / "model.keras")
         metrics = {
@@ -122,13 +150,10 @@ def train_model(
         tracking.log_metrics(metrics, prefix="train.")
         tracking.log_keras_model(best_model, np.asarray(x_val[:2], dtype=np.float32))
         write_json(out / "run.json", {"run_id": run_id, "model": params.model, "classes": classes, "image_size": size, "data_version": data_version})
-        curves_dir = reports_dir / "train"
-        curves_dir.mkdir(parents=True, exist_ok=True)
-        write_csv(curves_dir / "history.csv", curves)
-        plot_history(curves, curves_dir / "curves.png", fine_tune_start=None if fine_tune_start is None else fine_tune_start + 1)
+        plot_history(curves, curves_dir / "curves.png", fine_tune_start=fine_tune_epoch)
         tracking.log_artifacts(curves_dir, "train")
         write_json(metrics_json, metrics)
-    log.info("best epoch %d of %d: val_loss %.4f, val_accuracy %.4f", metrics["best_epoch"], metrics["epochs_run"], metrics["best_val_loss"], metrics["best_val_accuracy"])
+    log.info("best epoch %d (of 0..%d): val_loss %.4f, val_accuracy %.4f", metrics["best_epoch"], metrics["epochs_run"] - 1, metrics["best_val_loss"], metrics["best_val_accuracy"])
     return metrics
 
 

@@ -21,6 +21,8 @@ import mlflow
 import pytest
 import yaml
 
+from chestxray.backbones import BACKBONES
+
 from conftest import KERAS_HOME, REPO
 from kaggle_server import SLUG, USER, KaggleStub
 
@@ -144,10 +146,12 @@ def test_mlflow_has_the_run_with_params_metrics_model(repo, first_repro):
 def test_exp_run_with_another_model_reruns_only_train_evaluate_compare(repo, first_repro):
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline results")
-    output = sh(repo, "dvc", "exp", "run", "-S", "model=mobilenetv2", "-S", "train.epochs=3")
+    output = sh(repo, "dvc", "exp", "run", "-S", "model=efficientnetb0", "-S", "train.epochs=1", "-S", "train.imbalance=focal")
     assert ran(output) == ["train", "evaluate", "compare"]
-    assert json.loads((repo / "models" / "run.json").read_text())["model"] == "mobilenetv2"
+    assert json.loads((repo / "models" / "run.json").read_text())["model"] == "efficientnetb0"
     assert metrics(repo, "compare")["n_runs"] == 2
+    history = (repo / "reports" / "train" / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,accuracy,learning_rate,loss,val_accuracy,val_loss" and len(history) == 2
 
 
 def test_bad_model_fails_in_one_line_and_writes_nothing(repo, first_repro):
@@ -163,7 +167,7 @@ def test_bad_model_fails_in_one_line_and_writes_nothing(repo, first_repro):
         code, output = run(repo, "python", "stages/train.py")
         errors = [line for line in output.splitlines() if " ERROR " in line]
         assert code == 1 and len(errors) == 1 and "Traceback" not in output
-        assert errors[0].endswith("train: params.yaml: model must be one of cnn, mobilenetv2, resnet50, vgg16, vgg19, got 'alexnet'")
+        assert errors[0].endswith("train: params.yaml: model must be one of " + ", ".join(BACKBONES) + ", got 'alexnet'")
     finally:
         params.write_text(original)
     assert {name: (repo / "metrics" / f"{name}.json").read_bytes() for name in downstream} == downstream

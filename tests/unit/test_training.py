@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import mlflow
@@ -10,8 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from chestxray.cache import make_dataset
+from chestxray.config import AugmentConfig, HeadConfig
 from chestxray.io import read_json
-from chestxray.training import class_weights, train_model
+from chestxray.models import SparseFocalLoss
+from chestxray.training import augmenter, class_weights, loss_for, train_model
 from conftest import make_params
 
 MV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
@@ -28,8 +34,9 @@ def test_train_writes_best_model_metrics_curves_and_mlflow_run(cache_dir, tmp_pa
     params, metrics = run_training(cache_dir, tmp_path)
     run = read_json(tmp_path / "models" / "run.json")
     assert run["model"] == "cnn" and run["image_size"] == 32 and len(run["classes"]) == 4
-    history = pd.read_csv(tmp_path / "reports" / "train" / "history.csv")
-    assert list(history["epoch"]) == [1, 2, 3] and set(history["phase"]) == {"full"}
+    history = pd.read_csv(tmp_path / "reports" / "train" / "history.csv")  # Keras' CSVLogger
+    assert list(history.columns) == ["epoch", "accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]
+    assert list(history["epoch"]) == [0, 1, 2]  # 0-based, as Keras and the MLflow steps count
     best = history.loc[history["val_loss"].idxmin()]
     assert metrics["best_epoch"] == best["epoch"] and metrics["best_val_loss"] == pytest.approx(best["val_loss"])
     assert read_json(tmp_path / "train.json") == metrics
@@ -76,15 +83,15 @@ def test_two_phase_fine_tuning_from_imagenet(cache_dir, tmp_path, mlflow_store, 
            "train.fine_tune_epochs": 1, "train.fine_tune_layers": 10, "train.augment.rotation": 0.0},
     )
     history = pd.read_csv(tmp_path / "reports" / "train" / "history.csv")
-    assert list(history["phase"]) == ["head", "fine_tune"]
-    assert history["lr"].iloc[1] == pytest.approx(history["lr"].iloc[0] * 0.1)
+    assert list(history["epoch"]) == [0, 1]  # one head epoch, one fine-tuning epoch
+    assert history["learning_rate"].iloc[1] == pytest.approx(history["learning_rate"].iloc[0] * 0.1)
 
     from chestxray.models import build_model
 
-    _, imagenet = build_model("mobilenetv2", 32, 4, "imagenet", {"alpha": 0.35}, 0.0)
+    _, imagenet = build_model("mobilenetv2", 32, 4, "imagenet", {"alpha": 0.35}, HeadConfig((), 0.0))
     saved = keras.models.load_model(tmp_path / "models" / "model.keras")
     trained = next(layer for layer in saved.layers if isinstance(layer, keras.Model))  # the base
-    if metrics["best_epoch"] == 2:  # the kept checkpoint is from the fine-tuning phase
+    if metrics["best_epoch"] == 1:  # the kept checkpoint is from the fine-tuning phase
         top_conv = trained.get_layer("Conv_1")  # the last conv, within the top 10
         assert not np.array_equal(top_conv.get_weights()[0], imagenet.get_layer(top_conv.name).get_weights()[0])
     for layer, ref_layer in zip(trained.layers[:-10], imagenet.layers[:-10], strict=True):  # below the cut
@@ -100,3 +107,127 @@ def test_class_weights_balance_the_classes():
     assert w == {0: 10 / 24, 1: 10 / 12, 2: 10 / 4, 3: 0.0}
     # every present class carries the same total weight n / k in the loss
     assert [w[c] * n for c, n in enumerate(np.bincount(y, minlength=4)) if n] == pytest.approx([len(y) / 4] * 3)
+
+
+def test_focal_loss_equals_the_hand_computation():
+    y = np.array([0, 2, 1])
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.25, 0.25, 0.5]], np.float32)
+    alpha, gamma = [0.5, 2.0, 1.0], 2.0
+    # -alpha_y (1 - p_y)^gamma log p_y, averaged over the batch
+    by_hand = [-0.5 * 0.3**2 * np.log(0.7), -1.0 * 0.4**2 * np.log(0.6), -2.0 * 0.75**2 * np.log(0.25)]
+    loss = SparseFocalLoss(alpha, gamma)(y, p)
+    assert float(loss) == pytest.approx(np.mean(by_hand), rel=1e-5)
+    # gamma 0 and alpha 1: plain cross-entropy
+    plain = keras.losses.SparseCategoricalCrossentropy()(y, p)
+    assert float(SparseFocalLoss([1.0] * 3, 0.0)(y, p)) == pytest.approx(float(plain), rel=1e-5)
+    again = keras.losses.deserialize(keras.losses.serialize(SparseFocalLoss(alpha, gamma)))
+    assert float(again(y, p)) == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_focal_alpha_balanced_or_per_class():
+    y = np.array([0] * 6 + [1] * 3 + [2])
+    balanced = loss_for(make_params(**{"train.imbalance": "focal"}).train, y, ["A", "B", "C"])
+    assert balanced.alpha == pytest.approx([10 / 18, 10 / 9, 10 / 3]) and balanced.gamma == 2.0
+    cfg = make_params(**{"data.task": "binary", "train.imbalance": "focal", "train.focal.gamma": 1.0,
+                         "train.focal.alpha": {"non-COVID": 0.25, "COVID": 0.75}}).train
+    chosen = loss_for(cfg, np.array([0, 1]), ["COVID", "non-COVID"])
+    assert chosen.alpha == [0.75, 0.25] and chosen.gamma == 1.0  # in class-index order
+    assert isinstance(loss_for(make_params().train, y, ["A", "B", "C"]), keras.losses.SparseCategoricalCrossentropy)
+
+
+def test_focal_training_reports_the_focal_loss(cache_dir, tmp_path, mlflow_store):
+    params, metrics = run_training(cache_dir, tmp_path, **{"train.imbalance": "focal", "train.epochs": 2})
+    model = keras.models.load_model(tmp_path / "models" / "model.keras")
+    x = np.load(cache_dir / "val_x.npy").astype(np.float32)
+    y, y_train = np.load(cache_dir / "val_y.npy"), np.load(cache_dir / "train_y.npy")
+    alpha = list(class_weights(y_train, 4).values())
+    expected = SparseFocalLoss(alpha, 2.0)(y, model.predict(x, verbose=0))
+    assert metrics["best_val_loss"] == pytest.approx(float(expected), rel=1e-3)
+    plain = keras.losses.SparseCategoricalCrossentropy()(y, model.predict(x, verbose=0))
+    assert float(plain) != pytest.approx(metrics["best_val_loss"], rel=0.05)  # the focal loss is not cross-entropy
+
+
+def test_oversampling_balances_every_epoch_and_batch():
+    y = np.array([0] * 60 + [1] * 25 + [2] * 10 + [3] * 5)
+    x = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1).repeat(2, axis=1).repeat(2, axis=2)
+    ds = make_dataset(x, y, 20, True, seed=3, balanced=True)
+    epochs = [list(ds.as_numpy_iterator()) for _ in range(2)]
+    for batches in epochs:
+        labels = np.concatenate([b for _, b in batches])
+        assert len(labels) == 100 and np.bincount(labels).tolist() == [25, 25, 25, 25]
+        assert all(np.bincount(b, minlength=4).tolist() == [5, 5, 5, 5] for _, b in batches)
+        images = np.concatenate([a[:, 0, 0, 0] for a, _ in batches]).astype(int)
+        assert np.array_equal(y[images], labels)  # each image still carries its own label
+        rare = images[labels == 3]
+        assert sorted(np.bincount(rare, minlength=100)[95:]) == [5, 5, 5, 5, 5]  # each rare image 5 times
+    assert not np.array_equal(*(np.concatenate([a for a, _ in b]) for b in epochs))  # reshuffled per epoch
+
+
+def test_oversample_training_runs_without_class_weights(cache_dir, tmp_path, mlflow_store):
+    _, metrics = run_training(cache_dir, tmp_path, **{"train.imbalance": "oversample", "train.epochs": 1})
+    client = mlflow.MlflowClient(mlflow_store)
+    run = client.get_run(read_json(tmp_path / "models" / "run.json")["run_id"])
+    assert run.data.params["train.imbalance"] == "oversample" and metrics["epochs_run"] == 1
+
+
+def test_augmenter_builds_the_chosen_layers_and_is_seeded():
+    cfg = AugmentConfig(rotation=0.1, shift=0.1, shear=0.2, zoom=0.1, contrast=0.2, flip=True)
+    layers = [type(layer).__name__ for layer in augmenter(cfg, 0).layers]
+    assert layers == ["RandomRotation", "RandomTranslation", "RandomShear", "RandomZoom", "RandomContrast", "RandomFlip"]
+    assert augmenter(AugmentConfig(0, 0, 0, 0, 0, False), 0) is None
+    shear_only = AugmentConfig(rotation=0, shift=0, shear=0.3, zoom=0, contrast=0, flip=False)
+    image = np.zeros((1, 32, 32, 1), np.float32)
+    image[:, :, 12:20] = 255.0  # a vertical bar: shearing tilts it
+    x, y = np.tile(image, (4, 1, 1, 1)).astype(np.uint8), np.zeros(4, np.int64)
+    # inside tf.data (graph mode), as in training: twice with the same seed
+    out, again = (next(iter(make_dataset(x, y, 4, False, 0, augmenter(shear_only, 5))))[0].numpy() for _ in range(2))
+    assert not np.array_equal(out, x) and np.array_equal(out, again)  # changed, and the same for the same seed
+    assert out.min() >= 0 and out.max() <= 255
+
+
+def test_mixed_precision_on_cpu_keeps_float32_outputs(cache_dir, tmp_path, mlflow_store):
+    run_training(cache_dir, tmp_path, **{"train.mixed_precision": "mixed_bfloat16", "train.epochs": 1})
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    model = keras.models.load_model(tmp_path / "models" / "model.keras")
+    base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    assert base.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert base.get_layer("block1_conv1").variable_dtype == "float32"
+    assert model.get_layer("probabilities").compute_dtype == "float32"
+    run = mlflow.MlflowClient(mlflow_store).get_run(read_json(tmp_path / "models" / "run.json")["run_id"])
+    assert run.data.params["resolved.dtype_policy"] == "mixed_bfloat16"
+    assert run.data.params["resolved.replicas"] == "1" and run.data.params["resolved.global_batch_size"] == "16"
+
+
+MIRRORED = """
+import sys
+from pathlib import Path
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, sys.argv[3])
+from conftest import make_params
+from chestxray.training import train_model
+params = make_params(**{"backbones.cnn.filters": [8, 16], "train.epochs": 2, "train.batch_size": 8,
+                        "train.distribute": sys.argv[4]})
+out = Path(sys.argv[2])
+train_model(params, Path(sys.argv[1]), out / "models", out / "train.json", out / "reports")
+"""
+
+
+def test_mirrored_strategy_over_two_cpu_devices_scales_the_batch(cache_dir, tmp_path, mlflow_store):
+    """MirroredStrategy for real, over two logical CPU devices (a GPU machine mirrors over GPUs);
+    in a subprocess because devices are fixed when TensorFlow starts."""
+    tests = str(Path(__file__).resolve().parents[1])
+    for setting in ("mirrored", "auto"):
+        done = subprocess.run([sys.executable, "-c", MIRRORED, str(cache_dir), str(tmp_path / setting), tests, setting],
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient(mlflow_store)
+    resolved = {
+        setting: client.get_run(read_json(tmp_path / setting / "models" / "run.json")["run_id"]).data.params
+        for setting in ("mirrored", "auto")
+    }
+    assert resolved["mirrored"]["resolved.replicas"] == "2" and resolved["mirrored"]["resolved.global_batch_size"] == "16"
+    assert resolved["auto"]["resolved.replicas"] == "1" and resolved["auto"]["resolved.global_batch_size"] == "8"  # no GPUs
+    history = pd.read_csv(tmp_path / "mirrored" / "reports" / "train" / "history.csv")
+    assert len(history) == 2 and read_json(tmp_path / "mirrored" / "train.json")["best_val_loss"] == pytest.approx(history["val_loss"].min())
