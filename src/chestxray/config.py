@@ -302,11 +302,9 @@ class _Reader:
         value = self.get(key)
         if value == "balanced":
             return value
-        expected = "'balanced' or a weight > 0 for each class: " + ", ".join(classes)
-        if not isinstance(value, dict) or set(value) != set(classes):
-            raise self.fail(key, expected, value)
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in value.values()):
-            raise self.fail(key, expected, value)
+        weights = isinstance(value, dict) and set(value) == set(classes)
+        if not weights or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in value.values()):
+            raise self.fail(key, "'balanced' or a weight > 0 for each class: " + ", ".join(classes), value)
         return {c: float(value[c]) for c in classes}
 
     def text(self, key: str) -> str:
