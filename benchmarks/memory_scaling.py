@@ -2,8 +2,8 @@
 
     python benchmarks/memory_scaling.py [--sizes 1000 5000 21165]
 
-For each size, in a temporary work dir: a generated cache in the format ``prepare_cache`` writes
-(random uint8 pixels, written chunk by chunk; labels over the 4 classes in the real database's
+For each size, in a temporary work dir: a cache written by ``prepare_cache`` from random uint8
+pixels in place of decoded files (labels over the 4 classes in the real database's
 shares; 70/15/15 split), and the repository's params.yaml with ``data.image_size: 224``,
 ``model: cnn`` with ``backbones.cnn.filters: FILTERS`` (small, so that 21k trains in minutes on
 2 cores), one epoch, no fine-tuning, the rest (augmentation, batch size, determinism) as in the
@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from chestxray.cache import prepare_cache
 from chestxray.config import CACHE_DIR, SPLIT_CSV
-from chestxray.io import write_json
-from chestxray.splitting import SPLITS, data_version
+from chestxray.splitting import SPLITS
 from chestxray.synthetic import REAL_COUNTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +81,9 @@ def main() -> None:
     sys.stdout.write("\n")
 
 
-def _write_cache(work: Path, n: int, raw: dict, chunk: int = 1024) -> int:
-    """Write ``work``'s split table and a cache of ``n`` random images like ``prepare_cache``'s
-    (``<split>_x.npy``, ``<split>_y.npy``, ``<split>.csv``, ``meta.json``); return its bytes."""
+def _write_cache(work: Path, n: int, raw: dict) -> int:
+    """Write ``work``'s split table of ``n`` images and their cache (random pixels in place of
+    decoded files, through ``prepare_cache``); return the cache's bytes."""
     rng = np.random.default_rng(raw["seed"])
     classes = sorted(REAL_COUNTS)
     shares = np.array([REAL_COUNTS[c] for c in classes]) / sum(REAL_COUNTS.values())
@@ -93,20 +93,8 @@ def _write_cache(work: Path, n: int, raw: dict, chunk: int = 1024) -> int:
     table = pd.DataFrame({"path": [f"data/raw/{c}/{i}.png" for i, c in enumerate(labels)], "label": labels, "split": split})
     (work / SPLIT_CSV).parent.mkdir(parents=True)
     table.to_csv(work / SPLIT_CSV, index=False)
-    cache = work / CACHE_DIR
-    cache.mkdir()
-    for name in SPLITS:
-        rows = table[table["split"] == name]
-        x = np.lib.format.open_memmap(cache / f"{name}_x.npy", mode="w+", dtype=np.uint8, shape=(len(rows), SIZE, SIZE, 1))
-        for start in range(0, len(rows), chunk):
-            x[start : start + chunk] = rng.integers(0, 256, x[start : start + chunk].shape, dtype=np.uint8)
-        x.flush()
-        del x
-        np.save(cache / f"{name}_y.npy", rows["label"].map(classes.index).to_numpy(np.int64))
-        rows[["path", "label"]].to_csv(cache / f"{name}.csv", index=False)
-    meta = {"classes": classes, "image_size": SIZE, "counts": {s: int((split == s).sum()) for s in SPLITS}}
-    write_json(cache / "meta.json", {**meta, "data_version": data_version(work / SPLIT_CSV)})
-    return sum(f.stat().st_size for f in cache.iterdir())
+    prepare_cache(work / SPLIT_CSV, work / CACHE_DIR, SIZE, load=lambda _, size: rng.integers(0, 256, (size, size), dtype=np.uint8))
+    return sum(f.stat().st_size for f in (work / CACHE_DIR).iterdir())
 
 
 def _write_params(work: Path, raw: dict) -> None:

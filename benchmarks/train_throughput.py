@@ -34,9 +34,11 @@ from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
+import yaml
 
-from chestxray.cache import load_split, make_dataset
-from chestxray.config import Params, load_params
+from chestxray.cache import load_split, make_dataset, prepare_cache
+from chestxray.config import parse_params
 from chestxray.models import build_model
 from chestxray.training import augmenter, seed_everything
 
@@ -73,12 +75,12 @@ def main() -> None:
     if args.images < needed:
         parser.error(f"--images must be at least (warmup + {FROZEN_STEP_FACTOR} x steps) x batch = {needed}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params = parse_params(raw)
     seed_everything(params.seed, params.train.deterministic)
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        _write_cache(Path(tmp), args.images, params.seed)
-        x, y = load_split(Path(tmp), "train")
+        x, y = load_split(_write_cache(Path(tmp), args.images, params.seed), "train")
         in_memory = np.asarray(x, dtype=np.float32)
         augment = augmenter(params.train.augment, params.seed)
         feeds = {  # model.fit's data arguments per side
@@ -88,11 +90,12 @@ def main() -> None:
         }
         cases = {}
         for name, case in CASES:
-            model, base = _model(params, name, SIZE, CLASSES)
+            backbone = parse_params({**raw, "model": name}).backbone
+            model, base = build_model(name, SIZE, CLASSES, "none", backbone, params.train.head)
             base.trainable = case == "full"
             steps = args.steps * (FROZEN_STEP_FACTOR if case == "frozen" else 1)
             sides = ("pipeline", "bare_fit", "pipeline_augment") if case == "frozen" else ("pipeline", "bare_fit")
-            lr = float(params.flat[f"backbones.{name}.learning_rate"])
+            lr = float(backbone["learning_rate"])
             rates = {}
             for side in sides:
                 rates[side] = _rate(model, lr, feeds[side](), args.batch, args.warmup, steps)
@@ -121,22 +124,14 @@ def main() -> None:
     sys.stdout.write("\n")
 
 
-def _model(params: Params, name: str, size: int, k: int) -> tuple[keras.Model, keras.Model]:
-    """(model, base) as the train stage builds them, with random weights."""
-    settings = {key.rsplit(".", 1)[1]: v for key, v in params.flat.items() if key.startswith(f"backbones.{name}.")}
-    return build_model(name, size, k, "none", settings, params.train.head)
-
-
-def _write_cache(cache_dir: Path, n: int, seed: int, chunk: int = 512) -> None:
-    """A train split in the cache's format (``train_x.npy`` uint8 (n, S, S, 1), ``train_y.npy``
-    int64), of random pixels written chunk by chunk."""
+def _write_cache(work: Path, n: int, seed: int) -> Path:
+    """A cache with a train split of ``n`` images of random pixels over ``CLASSES`` labels,
+    written by ``prepare_cache`` (no files to decode); return its folder."""
     rng = np.random.default_rng(seed)
-    x = np.lib.format.open_memmap(cache_dir / "train_x.npy", mode="w+", dtype=np.uint8, shape=(n, SIZE, SIZE, 1))
-    for start in range(0, n, chunk):
-        x[start : start + chunk] = rng.integers(0, 256, x[start : start + chunk].shape, dtype=np.uint8)
-    x.flush()
-    del x
-    np.save(cache_dir / "train_y.npy", rng.integers(0, CLASSES, n).astype(np.int64))
+    labels = [f"class{c}" for c in rng.integers(0, CLASSES, n)]
+    pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "label": labels, "split": "train"}).to_csv(work / "split.csv", index=False)
+    prepare_cache(work / "split.csv", work / "cache", SIZE, load=lambda _, size: rng.integers(0, 256, (size, size), dtype=np.uint8))
+    return work / "cache"
 
 
 def _rate(model: keras.Model, lr: float, data: dict[str, Any], batch: int, warmup: int, steps: int) -> float:

@@ -4,6 +4,7 @@ pipeline that streams it: memory-mapped, shuffled, batched, augmented on the fly
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ from chestxray.splitting import SPLITS, data_version
 log = logging.getLogger(__name__)
 
 
-def prepare_cache(split_csv: Path, cache_dir: Path, image_size: int) -> dict[str, Any]:
+def prepare_cache(
+    split_csv: Path, cache_dir: Path, image_size: int, load: Callable[[Path, int], np.ndarray] = load_gray
+) -> dict[str, Any]:
     """Decode every image of the split table once into ``<split>_x.npy`` (N, S, S, 1) uint8,
-    with labels in ``<split>_y.npy`` and the row order in ``<split>.csv``."""
+    with labels in ``<split>_y.npy`` and the row order in ``<split>.csv``. ``load(path, size)``
+    gives one image as (S, S) uint8 (the benchmarks pass generated pixels)."""
     table = pd.read_csv(split_csv, keep_default_na=False)
     classes = sorted(table["label"].unique())
     index = {c: i for i, c in enumerate(classes)}
@@ -31,7 +35,7 @@ def prepare_cache(split_csv: Path, cache_dir: Path, image_size: int) -> dict[str
                 tmp / f"{split}_x.npy", mode="w+", dtype=np.uint8, shape=(len(rows), image_size, image_size, 1)
             )
             for i, path in enumerate(tqdm(rows["path"], desc=f"cache {split}", unit="img")):
-                x[i, ..., 0] = load_gray(Path(path), image_size)
+                x[i, ..., 0] = load(Path(path), image_size)
             x.flush()
             del x
             np.save(tmp / f"{split}_y.npy", rows["label"].map(index).to_numpy(np.int64))

@@ -121,7 +121,7 @@ def evaluate_model(model_dir: Path, cache_dir: Path, metrics_json: Path, out_dir
     ROC curves (CSV for dvc plots, PNG), and log them to the training run in MLflow."""
     import keras
 
-    import chestxray.models  # noqa: F401  (registers the model's custom preprocessing layer)
+    import chestxray.models  # noqa: F401  (registers the custom preprocessing layer and focal loss)
 
     run = read_json(model_dir / "run.json")
     classes = cache_meta(cache_dir)["classes"]
