@@ -124,3 +124,23 @@ def cache_dir(raw_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     assign_splits(table, 0.15, 0.15, seed=1).to_csv(out / "split.csv", index=False)
     prepare_cache(out / "split.csv", out / "cache", image_size=32)
     return out / "cache"
+
+
+@pytest.fixture(scope="session")
+def trained_model(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN trained for a few epochs on the session's cache (32 px), saved as model.keras."""
+    import keras
+
+    from chestxray.cache import cache_meta, load_split
+    from chestxray.config import HeadConfig
+    from chestxray.models import build_model
+
+    keras.utils.set_random_seed(0)
+    classes = cache_meta(cache_dir)["classes"]
+    model, _ = build_model("cnn", 32, len(classes), "none", {"filters": [8, 16]}, HeadConfig((), 0.0))
+    model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = load_split(cache_dir, "train")
+    model.fit(x.astype("float32"), y, epochs=8, batch_size=16, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path

@@ -21,6 +21,8 @@ IMBALANCE = ("none", "class_weight", "oversample", "focal")
 MONITORS = ("val_loss", "val_accuracy")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 DISTRIBUTE = ("auto", "none", "mirrored")
+RANK_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "weighted_f1", "roc_auc_macro")  # higher is better
+MIN_BOOTSTRAP = 1000
 
 # Where each stage reads and writes, relative to the repository root (the stages' working dir).
 RAW_DIR = Path("data/raw")
@@ -114,6 +116,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    target_sensitivity: float
+    bootstrap: int
+    calibration_bins: int
+    gradcam_images: int
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    metric: str
+    registered_model: str
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     model: str
@@ -121,6 +137,8 @@ class Params:
     validate: ValidateConfig
     split: SplitConfig
     train: TrainConfig
+    evaluate: EvaluateConfig
+    compare: CompareConfig
     backbone: dict[str, Any]  # backbones.<model>: settings of this experiment's backbone
     flat: dict[str, Any]  # every key of params.yaml, flattened with dots (for MLflow)
 
@@ -209,6 +227,16 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
             flip=p.boolean("train.augment.flip"),
         ),
     )
+    target = p.number("evaluate.target_sensitivity", low=0, exclusive=True)
+    if target > 1:
+        raise p.fail("evaluate.target_sensitivity", "a sensitivity in (0, 1]", target)
+    evaluate = EvaluateConfig(
+        target_sensitivity=target,
+        bootstrap=p.integer("evaluate.bootstrap", low=MIN_BOOTSTRAP),
+        calibration_bins=p.integer("evaluate.calibration_bins", low=2),
+        gradcam_images=p.integer("evaluate.gradcam_images", low=1),
+    )
+    compare = CompareConfig(metric=p.choice("compare.metric", RANK_METRICS), registered_model=p.text("compare.registered_model"))
     return Params(
         seed=p.integer("seed", low=0),
         model=model,
@@ -216,6 +244,8 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         validate=validate,
         split=split,
         train=train,
+        evaluate=evaluate,
+        compare=compare,
         backbone=dict(backbone),
         flat=flatten(raw),
     )

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import imagehash
 import numpy as np
@@ -94,8 +95,9 @@ def to_gray(im: Image.Image) -> Image.Image:
     return im.convert("L")
 
 
-def load_gray(path: Path, size: int) -> np.ndarray:
-    """Decode ``path`` to a (size, size) uint8 grey array (bilinear with antialiasing)."""
-    with Image.open(path) as im:
+def load_gray(source: Path | BinaryIO, size: int) -> np.ndarray:
+    """Decode ``source`` (a path or an open binary file) to a (size, size) uint8 grey array
+    (bilinear with antialiasing)."""
+    with Image.open(source) as im:
         gray = to_gray(im)
     return np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.uint8)

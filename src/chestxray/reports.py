@@ -90,6 +90,39 @@ def plot_roc(curves: dict[str, pd.DataFrame], aucs: dict[str, float | None], pat
     save_figure(fig, path)
 
 
+def plot_pr(curves: dict[str, pd.DataFrame], aps: dict[str, float | None], path: Path) -> None:
+    """One-vs-rest precision-recall curves, one line per class with its PR-AUC (average precision)."""
+    fig, ax = plt.subplots(figsize=(6.5, 6), layout="constrained")
+    for name, curve in curves.items():
+        ap = aps.get(name)
+        label = f"{name} (PR-AUC = {ap:.3f})" if ap is not None else f"{name} (PR-AUC n/a)"
+        ax.step(curve["recall"], curve["precision"], where="post", lw=2, label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="Recall (sensitivity)", ylabel="Precision",
+           title="Precision-recall curves (one-vs-rest)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    save_figure(fig, path)
+
+
+def plot_reliability(table: pd.DataFrame, ece: float | None, path: Path) -> None:
+    """Reliability diagram: accuracy against mean confidence per bin (a calibrated model lies on
+    the diagonal), with the share of images per bin below."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 7), height_ratios=(3, 1), sharex=True, layout="constrained")
+    width = table["high"] - table["low"]
+    filled = table[table["count"] > 0]
+    top.bar(filled["low"], filled["accuracy"], width=width[filled.index], align="edge", alpha=0.7, edgecolor="black", label="accuracy")
+    top.plot(filled["confidence"], filled["accuracy"], "o-", color="tab:red", label="mean confidence → accuracy")
+    top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    title = "Reliability diagram (top label)" + (f", ECE = {ece:.3f}" if ece is not None else "")
+    top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="Accuracy", title=title)
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left")
+    bottom.bar(table["low"], table["count"] / max(int(table["count"].sum()), 1), width=width, align="edge", edgecolor="black")
+    bottom.set(xlabel="Confidence (probability of the predicted class)", ylabel="Share of images")
+    bottom.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
 def plot_history(history: pd.DataFrame, path: Path, fine_tune_start: int | None) -> None:
     """Training curves: loss and accuracy panels with train/val lines.
 

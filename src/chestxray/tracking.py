@@ -1,4 +1,5 @@
-"""MLflow: the store, runs and what they carry. The only module that imports mlflow.
+"""MLflow: the store, runs, what they carry, and the registry. With serving.py (the pyfunc model)
+the only module that imports mlflow.
 
 The store is ``MLFLOW_TRACKING_URI`` when set (e.g. a tracking server), else
 ``sqlite:///<repo root>/mlflow.db``; a SQLite store keeps artifacts in ``mlartifacts/`` beside it. The repo root is
@@ -105,8 +106,9 @@ def log_metrics(metrics: Mapping[str, Any], prefix: str = "", step: int | None =
     mlflow.log_metrics(numbers, step=step)
 
 
-def log_artifacts(path: Path, artifact_path: str) -> None:
-    """Copy the file ``path``, or every file of the folder ``path``, into the run's artifacts under ``artifact_path``."""
+def log_artifacts(path: Path, artifact_path: str | None) -> None:
+    """Copy the file ``path``, or every file of the folder ``path``, into the run's artifacts
+    under ``artifact_path`` (None: at the top)."""
     if Path(path).is_file():
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
     else:
@@ -121,20 +123,6 @@ def log_data_records(records: Mapping[str, Mapping[str, Any]]) -> None:
         mlflow.log_dict(dict(record), f"data/{name}.json")
     download = records.get("download", {})
     mlflow.set_tags({f"data.{k}": str(download[k]) for k in ("source", "slug", "version", "sha256") if k in download})
-
-
-def log_keras_model(model: Any, example: Any) -> None:
-    """Log ``model`` with the Keras flavor, its signature inferred from ``example`` inputs."""
-    import keras
-    import tensorflow as tf
-
-    signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
-    mlflow.keras.log_model(
-        model,
-        name="model",
-        signature=signature,
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
-    )
 
 
 def runs_for(data_version: str) -> list[dict[str, Any]]:

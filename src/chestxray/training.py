@@ -146,10 +146,11 @@ def train_model(
             "epochs_run": len(curves),
             "train_seconds": round(seconds, 1),
             "params": int(best_model.count_params()),
+            "model_mb": round((out / "model.keras").stat().st_size / 1e6, 2),
         }
         tracking.log_metrics(metrics, prefix="train.")
-        tracking.log_keras_model(best_model, np.asarray(x_val[:2], dtype=np.float32))
-        write_json(out / "run.json", {"run_id": run_id, "model": params.model, "classes": classes, "image_size": size, "data_version": data_version})
+        run = {"run_id": run_id, "model": params.model, "weights": cfg.weights, "imbalance": cfg.imbalance}
+        write_json(out / "run.json", {**run, "classes": classes, "image_size": size, "data_version": data_version})
         plot_history(curves, curves_dir / "curves.png", fine_tune_start=fine_tune_epoch)
         tracking.log_artifacts(curves_dir, "train")
         write_json(metrics_json, metrics)

@@ -7,8 +7,21 @@ import math
 
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
-from chestxray.evaluation import classification_metrics, confusion, roc_curves
+from chestxray.errors import UserError
+from chestxray.evaluation import (
+    bootstrap_ci,
+    choose_threshold,
+    classification_metrics,
+    confusion,
+    expected_calibration_error,
+    operating_point,
+    pr_curves,
+    reliability,
+    roc_curves,
+)
+from chestxray.serving import decide
 
 CLASSES = ["A", "B", "C"]
 # true, predicted (argmax)
@@ -37,6 +50,13 @@ SUPPORT = {"A": 4, "B": 3, "C": 3}
 # One-vs-rest AUC = fraction of (positive, negative) pairs ranked right, ties count 1/2:
 # A: (6 + 6 + 5.5 + 5) / 24, B: (7 + 7 + 2) / 21, C: (7 + 7 + 6.5) / 21
 AUC = {"A": 15 / 16, "B": 16 / 21, "C": 41 / 42}
+# Average precision = Σ (ΔR) · P over the thresholds, highest first (tied scores form one step):
+# A: P 1, 1, 3/4 (0.5 ties a negative), 4/5 at R 1/4, 1/2, 3/4, 1
+# B: P 1, 1 at R 1/3, 2/3; the last positive (0.2) comes with 6 negatives: P 3/9 at R 1
+# C: P 1, 1 at R 1/3, 2/3; 0.3 ties a negative: P 3/4 at R 1
+PR_AUC = {"A": (1 + 1 + 3 / 4 + 4 / 5) / 4, "B": 2 / 3 + 1 / 9, "C": 2 / 3 + 1 / 4}
+# Top-label calibration, 10 bins: confidence 0.5 ×3 (1 right), 0.6 ×3 (2 right), 0.7 ×2 (2), 0.8 ×2 (2)
+ECE = (3 * abs(1 / 3 - 0.5) + 3 * abs(2 / 3 - 0.6) + 2 * abs(1 - 0.7) + 2 * abs(1 - 0.8)) / 10
 
 
 def approx(value: float) -> object:
@@ -59,6 +79,10 @@ def test_overall_metrics(result: dict) -> None:
     true_probs = [0.7, 0.6, 0.5, 0.3, 0.7, 0.8, 0.2, 0.8, 0.6, 0.3]
     assert result["log_loss"] == approx(-sum(math.log(p) for p in true_probs) / 10)
     assert result["roc_auc_macro"] == approx((15 / 16 + 16 / 21 + 41 / 42) / 3)
+    assert result["weighted_precision"] == approx((4 * 3 / 4 + 3 * 1 / 2 + 3 * 1) / 10)
+    assert result["weighted_recall"] == approx(7 / 10)  # support-weighted recall is accuracy
+    assert result["pr_auc_macro"] == approx(sum(PR_AUC.values()) / 3)
+    assert result["ece"] == approx(ECE)
 
 
 @pytest.mark.parametrize("name", CLASSES)
@@ -69,6 +93,7 @@ def test_per_class_metrics(result: dict, name: str) -> None:
     assert row["specificity"] == approx(SPECIFICITY[name])
     assert row["f1"] == approx(F1[name])
     assert row["roc_auc"] == approx(AUC[name])
+    assert row["pr_auc"] == approx(PR_AUC[name])
     assert row["support"] == SUPPORT[name] and type(row["support"]) is int
 
 
@@ -143,3 +168,127 @@ def test_roc_curves_endpoints_and_finite_thresholds() -> None:
 def test_roc_curves_skip_class_without_positives() -> None:
     y_prob = np.array([[0.7, 0.2, 0.1], [0.2, 0.1, 0.7], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1]])
     assert list(roc_curves(np.array([0, 0, 1, 1]), y_prob, CLASSES)) == ["A", "B"]
+
+
+def test_reliability_table_and_ece() -> None:
+    table = reliability(Y_TRUE, Y_PROB, bins=10)
+    assert table["count"].tolist() == [0, 0, 0, 0, 3, 3, 2, 2, 0, 0]
+    filled = table[table["count"] > 0]
+    assert filled["confidence"].tolist() == pytest.approx([0.5, 0.6, 0.7, 0.8])
+    assert filled["accuracy"].tolist() == pytest.approx([1 / 3, 2 / 3, 1, 1])
+    assert expected_calibration_error(table) == approx(ECE)
+    assert table["low"].iloc[0] == 0 and table["high"].iloc[-1] == 1
+    # a confidence of exactly 1.0 lands in the last bin, not past it
+    assert reliability(np.array([0]), np.array([[1.0, 0.0]]), bins=4)["count"].tolist() == [0, 0, 0, 1]
+
+
+def test_pr_curves_end_at_full_recall_and_skip_absent_classes() -> None:
+    curves = pr_curves(Y_TRUE, Y_PROB, CLASSES)
+    assert list(curves) == CLASSES
+    a = curves["A"]
+    assert list(a.columns) == ["recall", "precision", "threshold"]
+    assert a["recall"].max() == 1.0 and (a["recall"].iloc[-1], a["precision"].iloc[-1]) == (0.0, 1.0)
+    # step integral of the curve is the average precision worked out above
+    area = -np.sum(np.diff(a["recall"]) * a["precision"].iloc[:-1])
+    assert area == approx(PR_AUC["A"])
+    y_prob = np.array([[0.7, 0.2, 0.1], [0.2, 0.1, 0.7], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1]])
+    assert list(pr_curves(np.array([0, 0, 1, 1]), y_prob, CLASSES)) == ["A", "B"]
+
+
+COVID_CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
+
+
+def random_predictions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed, imperfect classifier's predictions: 80 % right."""
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 3, n)
+    y_pred = np.where(rng.random(n) < 0.8, y_true, rng.integers(0, 3, n))
+    return y_true, y_pred
+
+
+def test_bootstrap_ci_equals_resampling_by_hand() -> None:
+    y_true, y_pred = random_predictions(60, seed=3)
+    ci = bootstrap_ci(y_true, y_pred, COVID_CLASSES, resamples=200, seed=11)
+    idx = np.random.default_rng(11).integers(0, 60, size=(200, 60))
+    stats = {"accuracy": [], "macro_f1": [], "covid_sensitivity": [], "covid_specificity": []}
+    for rows in idx:
+        t, p = y_true[rows], y_pred[rows]
+        stats["accuracy"].append(skm.accuracy_score(t, p))
+        stats["macro_f1"].append(skm.f1_score(t, p, labels=np.union1d(t, p), average="macro", zero_division=0))
+        stats["covid_sensitivity"].append(np.mean(p[t == 0] == 0))
+        stats["covid_specificity"].append(np.mean(p[t != 0] != 0))
+    for name, values in stats.items():
+        low, high = np.percentile(values, [2.5, 97.5])
+        assert ci[name] == {"low": approx(low), "high": approx(high)}, name
+
+
+def test_each_ci_contains_its_point_estimate_and_is_seeded() -> None:
+    y_true, y_pred = random_predictions(300, seed=5)
+    ci = bootstrap_ci(y_true, y_pred, COVID_CLASSES, resamples=1000, seed=42)
+    point = classification_metrics(y_true, np.eye(3)[y_pred], COVID_CLASSES)
+    estimates = {
+        "accuracy": point["accuracy"],
+        "macro_f1": point["macro_f1"],
+        "covid_sensitivity": point["per_class"]["COVID"]["recall"],
+        "covid_specificity": point["per_class"]["COVID"]["specificity"],
+    }
+    for name, value in estimates.items():
+        assert ci[name]["low"] < value < ci[name]["high"], name
+        assert ci[name]["high"] - ci[name]["low"] < 0.2, name  # 300 images: a few points either side
+    assert bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=42) == ci
+    assert bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=43) != ci
+
+
+def test_ci_of_perfect_predictions_is_a_point() -> None:
+    y = np.array([0, 1, 2, 0, 1, 2, 0])  # resamples that miss a class still score 1
+    ci = bootstrap_ci(y, y, COVID_CLASSES, resamples=1000, seed=0)
+    assert all(ci[name] == {"low": 1.0, "high": 1.0} for name in ci)
+
+
+# Validation COVID scores: 5 positives, 4 negatives
+VAL_POS = [0.9, 0.8, 0.7, 0.4, 0.2]
+VAL_NEG = [0.6, 0.3, 0.1, 0.05]
+
+
+def val_set() -> tuple[np.ndarray, np.ndarray]:
+    scores = np.array(VAL_POS + VAL_NEG)
+    y = np.array([0] * 5 + [1] * 4)
+    return y, np.column_stack([scores, 1 - scores])
+
+
+@pytest.mark.parametrize(("target", "threshold", "val_spec"), [(0.8, 0.4, 3 / 4), (0.6, 0.7, 1.0), (1.0, 0.2, 1 / 2), (0.95, 0.2, 1 / 2)])
+def test_operating_point_is_the_highest_threshold_reaching_the_target_on_validation(target, threshold, val_spec) -> None:
+    y_val, prob_val = val_set()
+    # test: COVID scores 0.5, 0.3 (positives), 0.45, 0.1 (negatives)
+    test_scores = np.array([0.5, 0.3, 0.45, 0.1])
+    y_test = np.array([0, 0, 1, 1])
+    op = operating_point(y_val, prob_val, y_test, np.column_stack([test_scores, 1 - test_scores]), ["COVID", "non-COVID"], target)
+    assert op["threshold"] == approx(threshold)
+    assert op["val_sensitivity"] >= target and op["val_specificity"] == approx(val_spec)
+    assert op["sensitivity"] == approx(np.mean(test_scores[:2] >= threshold))
+    assert op["specificity"] == approx(np.mean(test_scores[2:] < threshold))
+    # any higher threshold misses the target on validation
+    above = min(s for s in VAL_POS + VAL_NEG if s > threshold) if threshold < 0.9 else 1.0
+    assert np.mean(np.array(VAL_POS) >= above) < target
+
+
+def test_operating_point_reaches_the_target_on_random_validation_scores() -> None:
+    rng = np.random.default_rng(0)
+    positive = rng.random(500) < 0.2
+    scores = np.clip(rng.normal(np.where(positive, 0.7, 0.3), 0.15), 0, 1)
+    for target in (0.8, 0.9, 0.95, 0.99):
+        t = choose_threshold(positive, scores, target)
+        assert np.mean(scores[positive] >= t) >= target
+        assert np.mean(scores[positive] > t) < target  # the next threshold up would miss it
+
+
+def test_operating_point_needs_covid_in_validation() -> None:
+    with pytest.raises(UserError, match="no COVID images"):
+        choose_threshold(np.zeros(4, bool), np.array([0.1, 0.2, 0.3, 0.4]), 0.95)
+
+
+def test_decision_at_the_operating_point() -> None:
+    prob = np.array([[0.3, 0.6, 0.1], [0.2, 0.1, 0.7], [0.9, 0.05, 0.05]])
+    assert decide(prob, COVID_CLASSES, 0.25).tolist() == [0, 2, 0]  # 0.3 ≥ 0.25: COVID over the argmax
+    assert decide(prob, COVID_CLASSES, 0.95).tolist() == [1, 2, 1]  # below: the most probable other class
+    assert decide(np.array([[0.3, 0.7]]), ["COVID", "non-COVID"], 0.3).tolist() == [0]

@@ -1,0 +1,61 @@
+"""Classify image files with a logged model: probabilities per class and the class at the
+operating point, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from chestxray.errors import UserError
+from chestxray.serving import XrayClassifier, decode
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+FORMATS = ("table", "json", "csv")
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files given, and the image files (by suffix) under the folders given, in order."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    return files
+
+
+def predict_files(model: XrayClassifier, files: Sequence[Path]) -> pd.DataFrame:
+    """One row per file: path, ``p_<class>`` and ``predicted``. Every file is decoded first, so
+    an unreadable one stops the run, named, before anything is predicted."""
+    images, errors = [], []
+    for path in tqdm(files, desc="read", unit="img", disable=len(files) < 100):
+        try:
+            images.append(decode(path.read_bytes(), model.image_size, str(path)))
+        except UserError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise UserError(f"{len(errors)} of {len(files)} file(s) cannot be read: " + "; ".join(errors))
+    table = model.predict_images(np.stack(images))
+    table.insert(0, "path", [str(p) for p in files])
+    return table
+
+
+def render(table: pd.DataFrame, fmt: str) -> str:
+    """The predictions as an aligned text table, JSON records or CSV."""
+    if fmt == "json":
+        return table.to_json(orient="records", indent=2, double_precision=6) + "\n"
+    if fmt == "csv":
+        return table.to_csv(index=False, float_format="%.6f")
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n"

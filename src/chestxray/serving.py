@@ -1,0 +1,150 @@
+"""The model as users get it: an MLflow pyfunc around the Keras model, its classes and its
+operating point. ``mlflow models serve``, the predict command and the web page all call it.
+
+Served, it takes a DataFrame with one column ``image``: each value an image file (PNG, JPEG, …)
+encoded as base64. It returns one row per image: ``p_<class>`` probabilities and ``predicted``,
+the class at the operating point (COVID when its probability reaches the threshold chosen on
+validation, else the most probable other class).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from PIL import Image, UnidentifiedImageError
+
+import chestxray
+from chestxray.errors import UserError
+from chestxray.images import load_gray
+from chestxray.labels import COVID
+from chestxray.tracking import tracking_uri
+
+INPUT_COLUMN = "image"
+# What the model's code imports, pinned to the versions installed where it was logged.
+REQUIREMENTS = ("keras", "numpy", "pandas", "pillow", "imagehash", "scipy", "pyyaml", "tqdm", "matplotlib")
+TENSORFLOW = ("tensorflow-cpu", "tensorflow")  # whichever build is installed
+
+
+def decode(data: bytes, size: int, name: str) -> np.ndarray:
+    """An image file's bytes → (size, size) uint8 grey, as in training; UserError naming ``name``."""
+    try:
+        return load_gray(io.BytesIO(data), size)
+    except UnidentifiedImageError:
+        raise UserError(f"{name}: not an image file that can be read (PNG, JPEG, BMP, TIFF, …)") from None
+    except Image.DecompressionBombError:
+        raise UserError(f"{name}: too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UserError(f"{name}: corrupt or truncated image ({exc})") from None
+
+
+def decide(prob: np.ndarray, classes: Sequence[str], threshold: float) -> np.ndarray:
+    """Class indices at the operating point: COVID when p(COVID) ≥ ``threshold``, else the most
+    probable other class (for a binary task: the decision threshold)."""
+    positive = list(classes).index(COVID)
+    others = np.where(np.arange(len(classes)) == positive, -np.inf, prob)
+    return np.where(prob[:, positive] >= threshold, positive, others.argmax(axis=1))
+
+
+class XrayClassifier(mlflow.pyfunc.PythonModel):
+    """The pyfunc model. ``model_config``: classes, image_size, threshold (see ``log_model``)."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        import keras
+
+        import chestxray.models  # noqa: F401  (registers the preprocessing layer and focal loss)
+
+        self.keras_model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
+        self.classes: list[str] = list(context.model_config["classes"])
+        self.image_size: int = int(context.model_config["image_size"])
+        self.threshold: float = float(context.model_config["threshold"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Base64 image files in column ``image`` → probabilities and predicted class per row."""
+        images = []
+        for i, value in enumerate(model_input[INPUT_COLUMN]):
+            try:
+                images.append(decode(base64.b64decode(value, validate=True), self.image_size, f"row {i}"))
+            except (binascii.Error, TypeError, ValueError, UserError) as exc:
+                message = exc if isinstance(exc, UserError) else f"row {i}: not valid base64 ({exc})"
+                raise MlflowException.invalid_parameter_value(f"{message}; send each image file base64-encoded in column '{INPUT_COLUMN}'") from None
+        return self.predict_images(np.stack(images))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S) uint8 grey images → (N, k) float64 probabilities, rows summing to 1."""
+        prob = self.keras_model.predict(np.asarray(images, np.float32)[..., None], batch_size=64, verbose=0)
+        prob = prob.astype(np.float64)
+        return prob / prob.sum(axis=1, keepdims=True)
+
+    def predict_images(self, images: np.ndarray) -> pd.DataFrame:
+        """(N, S, S) uint8 grey images → ``p_<class>`` columns and ``predicted``."""
+        prob = self.probabilities(images)
+        table = pd.DataFrame(prob, columns=[f"p_{c}" for c in self.classes])
+        table["predicted"] = np.asarray(self.classes)[decide(prob, self.classes, self.threshold)]
+        return table
+
+
+def signature(classes: Sequence[str]) -> ModelSignature:
+    """Input: a string column ``image``; output: a double per class and the predicted class."""
+    outputs = [ColSpec("double", f"p_{c}") for c in classes] + [ColSpec("string", "predicted")]
+    return ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]), outputs=Schema(outputs))
+
+
+def log_model(keras_file: Path, classes: Sequence[str], image_size: int, threshold: float) -> None:
+    """Log the pyfunc model as ``model`` in the active run, with the package's code, so it is
+    served and loaded with no checkout of this repository."""
+    mlflow.pyfunc.log_model(
+        name="model",
+        python_model=XrayClassifier(),
+        artifacts={"keras_model": str(keras_file)},
+        model_config={"classes": list(classes), "image_size": int(image_size), "threshold": float(threshold)},
+        code_paths=[str(Path(chestxray.__file__).parent)],
+        signature=signature(classes),
+        input_example=pd.DataFrame({INPUT_COLUMN: [_example_image(image_size)]}),
+        pip_requirements=_pins(),
+    )
+
+
+def _example_image(size: int) -> str:
+    """A grey PNG as base64: the request example MLflow stores beside the model."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size), 128, np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _pins() -> list[str]:
+    """``name==version`` for REQUIREMENTS and the installed TensorFlow build."""
+    installed = {name: _version(name) for name in (*REQUIREMENTS, *TENSORFLOW)}
+    tensorflow = next(name for name in TENSORFLOW if installed[name])
+    return [f"{name}=={installed[name]}" for name in (*REQUIREMENTS, tensorflow)]
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def load(uri: str) -> XrayClassifier:
+    """Load the pyfunc model at ``uri`` (``models:/name@alias``, ``runs:/id/model``, a path)
+    from the project's MLflow store."""
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    except (MlflowException, OSError) as exc:
+        raise UserError(
+            f"cannot load the model {uri} from {tracking_uri()} ({str(exc).splitlines()[0]}); run `dvc repro`"
+            " (its compare stage registers the champion) or pass --model with a runs:/<run id>/model URI"
+        ) from None
