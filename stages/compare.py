@@ -1,4 +1,4 @@
-"""compare: leaderboard of every MLflow run on this data version, best by test macro-F1."""
+"""compare: leaderboard of every MLflow run on this data version, McNemar for the top two, champion alias."""
 
 from chestxray.compare import compare_runs
 from chestxray.config import METRICS_DIR, REPORTS_DIR
@@ -9,6 +9,10 @@ if __name__ == "__main__":
     run_stage(
         "compare",
         lambda p: compare_runs(
-            read_json(METRICS_DIR / "evaluate.json")["data_version"], METRICS_DIR / "compare.json", REPORTS_DIR / "leaderboard.md"
+            read_json(METRICS_DIR / "evaluate.json")["data_version"],
+            p.compare,
+            METRICS_DIR / "compare.json",
+            REPORTS_DIR / "leaderboard.md",
+            REPORTS_DIR / "leaderboard.png",
         ),
     )

@@ -21,19 +21,24 @@ from chestxray.io import atomic_path  # noqa: E402
 
 DPI = 110
 MISSING = "–"
-LEADERBOARD_COLUMNS = (
+LEADERBOARD_COLUMNS = (  # (row key, title); a metric with <key>_low and <key>_high shows its 95 % CI
     ("run_name", "Run"),
     ("model", "Model"),
-    ("macro_f1", "Macro F1"),
-    ("accuracy", "Accuracy"),
+    ("weights", "Weights"),
+    ("image_size", "Image size"),
+    ("imbalance", "Imbalance"),
+    ("epochs", "Epochs"),
+    ("macro_f1", "Macro F1 [95 % CI]"),
+    ("accuracy", "Accuracy [95 % CI]"),
+    ("balanced_accuracy", "Balanced acc."),
+    ("weighted_f1", "Weighted F1"),
     ("roc_auc_macro", "ROC-AUC"),
     ("covid_sensitivity", "COVID sens."),
     ("covid_specificity", "COVID spec."),
-    ("weights", "Weights"),
-    ("image_size", "Image size"),
-    ("epochs", "Epochs"),
+    ("ece", "ECE"),
     ("train_seconds", "Train s"),
     ("params", "Params"),
+    ("model_mb", "Model MB"),
     ("start_time", "Started"),
     ("run_id", "Run ID"),
 )
@@ -142,9 +147,14 @@ def plot_history(history: pd.DataFrame, path: Path, fine_tune_start: int | None)
     save_figure(fig, path)
 
 
+def _missing(value: Any) -> bool:
+    """None or NaN."""
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
 def _cell(value: Any) -> str:
     """Format one table cell: floats to 3 decimals, ints with separators, missing as a dash."""
-    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+    if _missing(value):
         return MISSING
     if isinstance(value, (float, np.floating)):
         return f"{value:.3f}"
@@ -155,17 +165,56 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|") or MISSING
 
 
-def leaderboard_markdown(rows: Sequence[Mapping[str, Any]], best_run_id: str | None, intro: str = "") -> str:
-    """Markdown leaderboard with rows in the given order; the best run is marked with ★."""
+def _row_cell(row: Mapping[str, Any], key: str) -> str:
+    """The cell for ``row[key]``, with its 95 % CI (``0.884 [0.829, 0.931]``) when the row has
+    ``<key>_low`` and ``<key>_high``."""
+    value, low, high = row.get(key), row.get(f"{key}_low"), row.get(f"{key}_high")
+    if _missing(value) or _missing(low) or _missing(high):
+        return _cell(value)
+    return f"{_cell(value)} [{_cell(low)}, {_cell(high)}]"
+
+
+def leaderboard_markdown(
+    rows: Sequence[Mapping[str, Any]], champion_run_id: str | None, intro: str = "", notes: Sequence[str] = ()
+) -> str:
+    """Markdown leaderboard with rows in the given order, the champion's run marked with ★,
+    ``intro`` above the table and ``notes`` (one paragraph each) below it."""
     lines = ["# Leaderboard", "", *([intro, ""] if intro else [])]
-    if not rows:
-        return "\n".join([*lines, "_No runs yet._", ""])
-    header = ["Best", "#", *(title for _, title in LEADERBOARD_COLUMNS)]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for rank, row in enumerate(rows, start=1):
-        best = "★" if best_run_id is not None and row.get("run_id") == best_run_id else ""
-        cells = [best, str(rank), *(_cell(row.get(key)) for key, _ in LEADERBOARD_COLUMNS)]
-        lines.append("| " + " | ".join(cells) + " |")
-    if best_run_id is not None:
-        lines += ["", f"★ best run: `{best_run_id}`"]
+    if rows:
+        header = ["Champion", "#", *(title for _, title in LEADERBOARD_COLUMNS)]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for rank, row in enumerate(rows, start=1):
+            mark = "★" if champion_run_id is not None and row.get("run_id") == champion_run_id else ""
+            lines.append("| " + " | ".join([mark, str(rank), *(_row_cell(row, key) for key, _ in LEADERBOARD_COLUMNS)]) + " |")
+    else:
+        lines.append("_No runs yet._")
+    for note in notes:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def plot_leaderboard(rows: Sequence[Mapping[str, Any]], metric: str, champion_run_id: str | None, path: Path) -> None:
+    """Horizontal bars of ``metric`` per run, best at the top (label: run name and model), with
+    95 % CI error bars where rows carry ``<metric>_low`` / ``<metric>_high``; the champion's bar
+    is highlighted."""
+    n = len(rows)
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.38 * max(n, 1)), layout="constrained")
+    values = np.array([row[metric] for row in rows], dtype=float)
+    lows, highs = (np.array([row.get(f"{metric}_{end}") for row in rows], dtype=float) for end in ("low", "high"))  # None → NaN
+    champion = [champion_run_id is not None and row.get("run_id") == champion_run_id for row in rows]
+    y = np.arange(n)
+    ax.barh(y, values, height=0.7, color=["tab:orange" if c else "tab:blue" for c in champion])
+    ci = np.isfinite(lows) & np.isfinite(highs)
+    if ci.any():
+        spread = np.vstack([values[ci] - lows[ci], highs[ci] - values[ci]]).clip(min=0)
+        ax.errorbar(values[ci], y[ci], xerr=spread, fmt="none", ecolor="black", elinewidth=1, capsize=3)
+    ax.set_yticks(y, [f"{row.get('run_name') or row.get('run_id')} ({row.get('model')})" for row in rows])
+    for i, value in enumerate(values):
+        ax.text(0.01, i, f"{value:.3f}", va="center", ha="left", color="white", fontsize=9, fontweight="bold")
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel=f"Test {metric}" + (" (error bars: 95 % CI)" if ci.any() else ""),
+           title=f"Leaderboard by test {metric}" + ("" if n else ": no evaluated runs yet"))
+    ax.grid(axis="x", alpha=0.3)
+    if any(champion):
+        ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color="tab:orange")], labels=["champion"], loc="upper left", bbox_to_anchor=(1.01, 1))
+    save_figure(fig, path)

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 
 from chestxray.config import flatten
 
@@ -132,14 +139,88 @@ def runs_for(data_version: str) -> list[dict[str, Any]]:
         filter_string=f"tags.data_version = '{data_version}'",
         output_format="list",
     )
-    return [
-        {
-            "run_id": r.info.run_id,
-            "run_name": r.info.run_name,
-            "start_time": r.info.start_time,
-            "params": dict(r.data.params),
-            "metrics": dict(r.data.metrics),
-            "tags": dict(r.data.tags),
-        }
-        for r in runs
-    ]
+    return [_record(r) for r in runs]
+
+
+def get_run(run_id: str) -> dict[str, Any]:
+    """One run as ``runs_for`` lists it."""
+    return _record(_client().get_run(run_id))
+
+
+def _record(r: Any) -> dict[str, Any]:
+    """An MLflow run as a plain dict: run_id, run_name, start_time (ms), params, metrics, tags."""
+    return {
+        "run_id": r.info.run_id,
+        "run_name": r.info.run_name,
+        "start_time": r.info.start_time,
+        "params": dict(r.data.params),
+        "metrics": dict(r.data.metrics),
+        "tags": dict(r.data.tags),
+    }
+
+
+def _client() -> MlflowClient:
+    """A client on the project's store (its registry too)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    return MlflowClient(tracking_uri())
+
+
+def download_artifact(run_id: str, path: str, dst: Path) -> Path | None:
+    """Download the run's artifact ``path`` into the folder ``dst``; None if the run has no such artifact."""
+    try:
+        return Path(_client().download_artifacts(run_id, path, str(dst)))
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+
+
+def logged_model_id(run_id: str, name: str = "model") -> str | None:
+    """Id of the newest model the run logged as ``name`` (MLflow 3 keeps logged models apart
+    from the run's artifacts), or None if it logged none."""
+    client = _client()
+    found = client.search_logged_models(
+        experiment_ids=[client.get_run(run_id).info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        max_results=1,
+    )
+    return found[0].model_id if found else None
+
+
+def register_model(name: str, run_id: str, tags: Mapping[str, str]) -> tuple[int, bool] | None:
+    """Version of the registered model ``name`` holding the model the run logged as ``model``
+    (``runs:/<run_id>/model``): the version that already holds it, else a new one tagged
+    ``tags``. Returns (version, created), or None if the run logged no model."""
+    model_id = logged_model_id(run_id)
+    if model_id is None:
+        return None
+    client, source = _client(), f"models:/{model_id}"
+    versions = client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
+    existing = [int(v.version) for v in versions if v.source == source]
+    if existing:
+        return min(existing), False
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    version = client.create_model_version(name, source, run_id, tags=dict(tags), model_id=model_id)
+    return int(version.version), True
+
+
+def alias_version(name: str, alias: str) -> dict[str, Any] | None:
+    """The version of ``name`` that ``alias`` points to, as {version, run_id}; None if the
+    registered model or the alias does not exist."""
+    try:
+        version = _client().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)):
+            return None
+        raise
+    return {"version": int(version.version), "run_id": version.run_id}
+
+
+def set_alias(name: str, alias: str, version: int) -> None:
+    """Point ``alias`` of the registered model ``name`` at ``version``."""
+    _client().set_registered_model_alias(name, alias, str(version))

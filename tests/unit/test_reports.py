@@ -1,4 +1,4 @@
-"""Plots write valid PNGs atomically; the leaderboard is well-formed Markdown."""
+"""Plots write valid PNGs atomically."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chestxray.reports import leaderboard_markdown, plot_confusion, plot_history, plot_roc
+from chestxray.reports import plot_confusion, plot_history, plot_roc
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
@@ -71,41 +71,3 @@ def test_plot_replaces_existing_file(tmp_path: Path) -> None:
     path.write_bytes(b"old")
     plot_history(history(), path, None)
     assert_png(path)
-
-
-def row(run_id: str, name: str, macro_f1: float | None) -> dict:
-    return {
-        "run_id": run_id,
-        "run_name": name,
-        "model": "resnet50",
-        "macro_f1": macro_f1,
-        "accuracy": 0.91234,
-        "roc_auc_macro": float("nan"),
-        "covid_sensitivity": 0.8,
-        "covid_specificity": None,
-        "weights": "imagenet",
-        "image_size": 224,
-        "epochs": 5,
-        "train_seconds": 12.3456,
-        "params": 23587712,
-        "start_time": "2024-05-01T10:00:00",
-    }
-
-
-def test_leaderboard_markdown() -> None:
-    rows = [row("r2", "second-run", 0.5), row("r1", "first-run", None), row("r3", "third-run", 0.25)]
-    text = leaderboard_markdown(rows, best_run_id="r1")
-    assert text.startswith("# Leaderboard\n")
-    lines = [line for line in text.splitlines() if line.startswith("| ")][1:]  # skip header
-    assert len(lines) == 3
-    assert [next(n for n in ("second", "first", "third") if n in line) for line in lines] == ["second", "first", "third"]
-    assert "| 0.500 |" in lines[0] and "| 0.912 |" in lines[0] and "| 12.346 |" in lines[0]
-    assert "| – | 0.912 | – |" in lines[1]  # None macro F1, NaN ROC-AUC
-    assert "| – | imagenet |" in lines[1]  # None COVID specificity
-    assert "★" in lines[1] and "★" not in lines[0] + lines[2]
-    assert "23,587,712" in lines[0] and "| 224 |" in lines[0]
-
-
-def test_leaderboard_without_best_or_rows() -> None:
-    assert "★" not in leaderboard_markdown([row("r1", "a", 0.5)], best_run_id=None)
-    assert leaderboard_markdown([], best_run_id=None).startswith("# Leaderboard")
