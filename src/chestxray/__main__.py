@@ -1,0 +1,73 @@
+"""The command line: ``python -m chestxray predict PATH...``, ``python -m chestxray app`` (see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from chestxray.errors import UserError
+from chestxray.io import atomic_path
+
+
+def default_model() -> str:
+    """``models:/<compare.registered_model>@champion`` (from ./params.yaml if there, else ``chestxray``)."""
+    from chestxray.config import load_params
+
+    name = load_params().compare.registered_model if Path("params.yaml").is_file() else "chestxray"
+    return f"models:/{name}@champion"
+
+
+def predict(args: argparse.Namespace) -> None:
+    from chestxray import predict, serving
+
+    files = predict.image_files(args.paths)
+    uri = args.model or default_model()
+    logging.getLogger("chestxray").info("%d image(s), model %s", len(files), uri)
+    text = predict.render(predict.predict_files(serving.load(uri), files), args.format)
+    if args.output is None:
+        sys.stdout.write(text)
+        return
+    with atomic_path(args.output) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def app(args: argparse.Namespace) -> None:
+    from chestxray import web
+
+    web.serve(args.model or default_model(), args.host, args.port)
+
+
+def parser() -> argparse.ArgumentParser:
+    from chestxray.predict import FORMATS
+
+    root = argparse.ArgumentParser(prog="python -m chestxray", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("predict", help="classify image files or folders")
+    p.add_argument("paths", nargs="+", help="image files, or folders searched recursively for images")
+    p.add_argument("--model", help="MLflow model URI (default: models:/<compare.registered_model>@champion)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument("--output", type=Path, help="write here instead of standard output")
+    p.set_defaults(run=predict)
+    p = commands.add_parser("app", help="serve a web page to upload an X-ray and see probabilities and Grad-CAM")
+    p.add_argument("--model", help="MLflow model URI (default: models:/<compare.registered_model>@champion)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.set_defaults(run=app)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as exc:
+        logging.getLogger("chestxray").error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""A small web page: upload a chest X-ray, see the class probabilities and the Grad-CAM overlay.
+
+``python -m chestxray app`` serves it (FastAPI + uvicorn). Endpoints:
+
+- ``GET /``: the page (``page.html``: plain HTML/CSS/JS, no external resources, works offline).
+- ``POST /predict`` with JSON ``{"image": "<base64 of an image file>", "name": "<file name>"}``
+  (``name`` optional, used in error messages) → ``{"classes": [...],
+  "probabilities": {class: p}, "predicted": class, "threshold": t, "positive": "COVID",
+  "image_size": S, "image_png": <base64 PNG of the grey input at model size>,
+  "gradcam_png": <base64 PNG of the Grad-CAM overlay>}``. ``predicted`` is the class at the
+  operating point (``serving.decide``) and Grad-CAM explains that class. A file that is not a
+  readable image → 400 ``{"detail": message}``; a file over ``max_upload_bytes`` → 413.
+- ``GET /health`` → ``{"status": "ok", "model": {"uri", "classes", "image_size", "threshold"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from chestxray import explain, serving
+from chestxray.errors import UserError
+from chestxray.labels import COVID
+
+PAGE = Path(__file__).with_name("page.html")
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # the image file itself, before base64
+DRAIN = 4  # an oversized request body is read and discarded up to this many times the limit
+log = logging.getLogger(__name__)
+
+
+def png_base64(array: np.ndarray) -> str:
+    """A (S, S) grey or (S, S, 3) RGB uint8 array → base64 of its PNG file."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+def create_app(model: serving.XrayClassifier, model_uri: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
+    """The FastAPI app around a loaded model (``serving.load``)."""
+    app = FastAPI(title="chestxray", description=__doc__, docs_url=None, redoc_url=None)
+    # base64 makes 4 characters of every 3 bytes; allow some room for the JSON around it.
+    max_body = -(-max_upload_bytes // 3) * 4 + 1024
+    too_large = f"image file too large: the limit is {_megabytes(max_upload_bytes)}"
+    lock = threading.Lock()  # one TensorFlow computation at a time (2 cores; keeps memory bounded)
+
+    def analyse(data: bytes, name: str) -> dict[str, Any]:
+        image = serving.decode(data, model.image_size, name)  # UserError → 400
+        with lock:
+            prob = model.probabilities(image[None])
+            index = serving.decide(prob, model.classes, model.threshold)
+            heatmap = explain.gradcam(model.keras_model, image[None, ..., None].astype(np.float32), class_index=index)
+        return {
+            "classes": list(model.classes),
+            "probabilities": {c: float(p) for c, p in zip(model.classes, prob[0], strict=True)},
+            "predicted": model.classes[int(index[0])],
+            "threshold": model.threshold,
+            "positive": COVID,
+            "image_size": model.image_size,
+            "image_png": png_base64(image),
+            "gradcam_png": png_base64(explain.overlay(image, heatmap[0])),
+        }
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        info = {"uri": model_uri, "classes": list(model.classes), "image_size": model.image_size, "threshold": model.threshold}
+        return {"status": "ok", "model": info, "max_upload_bytes": max_upload_bytes}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        # Read the body here (async, bounded) and run the model in the thread pool. An oversized
+        # body is still read, up to DRAIN times the limit, and discarded: answering before the
+        # client has sent it all would reset the connection and lose the 413 answer.
+        declared = request.headers.get("content-length", "")
+        oversized = declared.isdigit() and int(declared) > max_body
+        if declared.isdigit() and int(declared) > DRAIN * max_body:
+            raise HTTPException(413, too_large)
+        body, size = bytearray(), 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            oversized = oversized or size > max_body
+            if oversized and size > DRAIN * max_body:
+                break
+            if not oversized:
+                body += chunk
+        if oversized:
+            raise HTTPException(413, too_large)
+        try:
+            payload = json.loads(body)
+            value, name = payload["image"], payload.get("name") or "the uploaded file"
+            if not isinstance(value, str) or not isinstance(name, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise HTTPException(400, 'send JSON {"image": "<the image file, base64-encoded>", "name": "<optional file name>"}') from None
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise HTTPException(400, f"the image is not valid base64 ({exc})") from None
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"{too_large} (got {_megabytes(len(data))})")
+        try:
+            return await run_in_threadpool(analyse, data, name[:200])
+        except UserError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    return app
+
+
+def serve(model_uri: str, host: str, port: int) -> None:
+    """Load the model at ``model_uri`` and serve the page at http://host:port/ until interrupted."""
+    import uvicorn
+
+    app = create_app(serving.load(model_uri), model_uri=model_uri)
+    log.info("model %s; open http://%s:%d/", model_uri, host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,211 @@
+"""The MLflow model as users get it: logged and loaded for real, served over HTTP by
+`mlflow models serve` on 127.0.0.1, and used from `python -m chestxray predict`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import LOOPBACK
+from mlflow import MlflowClient
+
+import chestxray.models  # noqa: F401  (registers the custom layer)
+from chestxray import serving
+from chestxray.cache import cache_meta
+from chestxray.errors import UserError
+from chestxray.images import load_gray
+
+THRESHOLD = 0.3
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """A SQLite MLflow store shared by this module's tests (MLFLOW_TRACKING_URI points at it)."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def logged(store: str, trained_model: Path, cache_dir: Path) -> dict:
+    """The trained model logged as the pyfunc model of a real run, registered as chestxray@champion."""
+    from chestxray import tracking
+
+    classes = cache_meta(cache_dir)["classes"]
+    with tracking.run() as run_id:
+        serving.log_model(trained_model, classes, 32, THRESHOLD)
+    version = mlflow.register_model(f"runs:/{run_id}/model", "chestxray")
+    MlflowClient(store).set_registered_model_alias("chestxray", "champion", version.version)
+    return {"run_id": run_id, "uri": f"runs:/{run_id}/model", "classes": classes}
+
+
+@pytest.fixture(scope="module")
+def images(raw_dataset: Path) -> list[Path]:
+    """Real PNG files from the session's synthetic dataset, one per class."""
+    return [next(iter(sorted((raw_dataset / "COVID-19_Radiography_Dataset" / c / "images").glob("*.png")))) for c in ("COVID", "Normal", "Viral Pneumonia")]
+
+
+def expected(trained_model: Path, files: list[Path], classes: list[str]) -> np.ndarray:
+    """The Keras model's own probabilities for the files, decoded as in training."""
+    x = np.stack([load_gray(f, 32) for f in files]).astype(np.float32)[..., None]
+    prob = keras.models.load_model(trained_model).predict(x, verbose=0).astype(np.float64)
+    return prob / prob.sum(axis=1, keepdims=True)
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_pyfunc_model_predicts_what_the_keras_model_does(logged, trained_model, images):
+    model = mlflow.pyfunc.load_model(logged["uri"])
+    assert model.metadata.get_input_schema().input_names() == ["image"]
+    out = model.predict(pd.DataFrame({"image": [b64(f) for f in images]}))
+    prob = expected(trained_model, images, logged["classes"])
+    assert list(out.columns) == [f"p_{c}" for c in logged["classes"]] + ["predicted"]
+    np.testing.assert_allclose(out.iloc[:, :-1].to_numpy(), prob, atol=1e-6)
+    assert out["predicted"].tolist() == [logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)]
+    python_model = serving.load(logged["uri"])
+    assert python_model.threshold == THRESHOLD and python_model.image_size == 32 and python_model.classes == logged["classes"]
+
+
+def test_pyfunc_model_names_the_row_that_is_not_an_image(logged, images):
+    model = mlflow.pyfunc.load_model(logged["uri"])
+    with pytest.raises(mlflow.exceptions.MlflowException, match="row 1: not an image"):
+        model.predict(pd.DataFrame({"image": [b64(images[0]), base64.b64encode(b"hello").decode()]}))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="row 0: not valid base64"):
+        model.predict(pd.DataFrame({"image": ["%%%"]}))
+
+
+def test_decode_errors_name_the_file(tmp_path):
+    truncated = tmp_path / "cut.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(truncated)
+    data = truncated.read_bytes()
+    with pytest.raises(UserError, match="cut.png: corrupt or truncated"):
+        serving.decode(data[: len(data) // 2], 32, "cut.png")
+    with pytest.raises(UserError, match="notes.txt: not an image"):
+        serving.decode(b"plain text", 32, "notes.txt")
+    assert serving.decode(data, 16, "x").shape == (16, 16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with LOOPBACK.open(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_mlflow_models_serve_answers_over_http(logged, trained_model, images, store):
+    port = free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen(
+        [str(mlflow_cli), "models", "serve", "-m", logged["uri"], "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        # the server starts `uvicorn` by name: the venv's bin must be on PATH, as when it is activated
+        env={**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with LOOPBACK.open(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, f"mlflow models serve exited: {server.stderr.read()[-6000:]}"
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 180 s"
+            time.sleep(1)
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, body = post(url, {"dataframe_split": {"columns": ["image"], "data": [[b64(f)] for f in images]}})
+        assert status == 200, body
+        rows = body["predictions"]
+        prob = expected(trained_model, images, logged["classes"])
+        np.testing.assert_allclose([[row[f"p_{c}"] for c in logged["classes"]] for row in rows], prob, atol=1e-6)
+        assert [row["predicted"] for row in rows] == [logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)]
+        status, body = post(url, {"dataframe_records": [{"image": base64.b64encode(b"not a png").decode()}]})
+        assert status == 400 and "row 0: not an image" in body["message"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def run_cli(*args: str, cwd: Path, store: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "chestxray", *args], check=False, cwd=cwd, env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_predict_command_on_files_and_folders_with_the_champion(logged, trained_model, images, store, tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for i, f in enumerate(images[:2]):
+        (folder / "sub" / f"{i}.png").write_bytes(f.read_bytes())
+    (folder / "notes.txt").write_text("not an image, and not picked up: wrong suffix")
+    out = tmp_path / "pred.csv"
+    done = run_cli("predict", str(folder), str(images[2]), "--format", "csv", "--output", str(out), cwd=tmp_path, store=store)
+    assert done.returncode == 0, done.stderr
+    assert "models:/chestxray@champion" in done.stderr  # the default model, no params.yaml here
+    table = pd.read_csv(out)
+    assert table["path"].tolist() == [str(folder / "sub/0.png"), str(folder / "sub/1.png"), str(images[2])]
+    prob = expected(trained_model, images, logged["classes"])
+    np.testing.assert_allclose(table[[f"p_{c}" for c in logged["classes"]]].to_numpy(), prob, atol=1e-6)
+    assert table["predicted"].tolist() == [logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)]
+
+    done = run_cli("predict", str(images[0]), "--model", logged["uri"], "--format", "json", cwd=tmp_path, store=store)
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)
+    assert row["path"] == str(images[0]) and sum(row[f"p_{c}"] for c in logged["classes"]) == pytest.approx(1, abs=1e-5)
+    done = run_cli("predict", str(images[0]), cwd=tmp_path, store=store)
+    header, line = done.stdout.splitlines()
+    assert header.split()[0] == "path" and header.split()[-1] == "predicted" and "p_Viral Pneumonia" in header
+    assert line.split()[0] == str(images[0]) and line.split()[-1] in " ".join(logged["classes"])
+
+
+def test_predict_command_refuses_unreadable_files_in_one_line(logged, images, store, tmp_path):
+    bad = tmp_path / "scan.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n but cut short")
+    out = tmp_path / "pred.json"
+    out.write_text("earlier results")
+    done = run_cli("predict", str(images[0]), str(bad), "--output", str(out), "--format", "json", cwd=tmp_path, store=store)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"{bad}: " in errors[0] and "1 of 2 file(s) cannot be read" in errors[0]
+    assert "Traceback" not in done.stderr and out.read_text() == "earlier results"
+    done = run_cli("predict", str(tmp_path / "missing.png"), cwd=tmp_path, store=store)
+    assert done.returncode == 1 and "missing.png: no such file or folder" in done.stderr
+
+
+def test_predict_without_a_champion_says_what_to_do(tmp_path, images):
+    store = f"sqlite:///{tmp_path / 'empty.db'}"
+    done = run_cli("predict", str(images[0]), cwd=tmp_path, store=store)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "cannot load the model models:/chestxray@champion" in done.stderr and "dvc repro" in done.stderr

@@ -1,0 +1,303 @@
+"""The web page (chestxray.web): its API on a live uvicorn server, and the page itself driven in
+headless Chromium on a real X-ray from ../shared, served by ``python -m chestxray app``."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import LOOPBACK, SHARED
+from PIL import Image
+
+from chestxray import explain, serving, web
+from chestxray.cache import cache_meta
+from chestxray.errors import UserError
+from chestxray.labels import COVID
+
+XRAY = SHARED / "data/covid19-radiography-sample/COVID-19_Radiography_Dataset/COVID/images/COVID-1.png"
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps trying to reach Google on a closed network.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+NOT_AN_IMAGE = b"patient notes: this is a text file, not an X-ray\n"
+
+
+def call(url: str, body: bytes | Iterator[bytes] | None = None, timeout: float = 120) -> tuple[int, dict | str]:
+    """GET (no body) or POST ``body`` as JSON; an iterator is sent chunked (no Content-Length).
+    Returns the status and the decoded JSON (or text) answer."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body is not None else {})
+    try:
+        with LOOPBACK.open(request, timeout=timeout) as response:
+            status, text, kind = response.status, response.read().decode(), response.headers.get_content_type()
+    except urllib.error.HTTPError as exc:
+        status, text, kind = exc.code, exc.read().decode(), exc.headers.get_content_type()
+    return status, json.loads(text) if kind == "application/json" else text
+
+
+def predict(url: str, data: bytes, name: str | None = None) -> tuple[int, dict]:
+    request = {"image": base64.b64encode(data).decode()} | ({"name": name} if name else {})
+    return call(f"{url}/predict", json.dumps(request).encode())
+
+
+def png_array(b64: str) -> np.ndarray:
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+        assert im.format == "PNG"
+        return np.asarray(im)
+
+
+@pytest.fixture(scope="module")
+def logged(trained_model: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """The session's CNN logged as a pyfunc model in a module-wide SQLite store. Its threshold is
+    chosen so that on the real X-ray the operating point disagrees with the argmax (when ../shared
+    is there), so a server that ignored it would fail the tests."""
+    import keras
+
+    import chestxray.models  # noqa: F401  (custom objects)
+    from chestxray.tracking import experiment_id
+
+    classes = list(cache_meta(cache_dir)["classes"])
+    threshold = 0.5
+    if XRAY.is_file():
+        image = serving.decode(XRAY.read_bytes(), 32, XRAY.name)
+        prob = keras.models.load_model(trained_model, compile=False).predict(image[None, ..., None].astype("float32"), verbose=0)[0]
+        p_covid = float(prob[classes.index(COVID)])
+        threshold = (1 + p_covid) / 2 if prob.argmax() == classes.index(COVID) else p_covid / 2
+    store = tmp_path_factory.mktemp("web-mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+        mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+        with mlflow.start_run(experiment_id=experiment_id()) as run:
+            serving.log_model(trained_model, classes, 32, threshold)
+        uri = f"runs:/{run.info.run_id}/model"
+        yield SimpleNamespace(uri=uri, model=serving.load(uri), classes=classes, threshold=threshold, tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+
+
+@pytest.fixture(scope="module")
+def server(logged: SimpleNamespace) -> Iterator[str]:
+    """``web.create_app`` on a live uvicorn server (a thread, 127.0.0.1, a free port): its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = web.create_app(logged.model, model_uri=logged.uri)
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture
+def xray(shared: Path) -> Path:
+    """A real COVID-19 X-ray (PNG, 299×299) from the Radiography sample in ../shared."""
+    assert XRAY.is_file(), XRAY
+    return XRAY
+
+
+def expected(logged: SimpleNamespace, path: Path) -> tuple[np.ndarray, dict[str, float], str]:
+    """What the model computes directly for the file: (grey image, probabilities, class at the operating point)."""
+    image = serving.decode(path.read_bytes(), logged.model.image_size, path.name)
+    prob = logged.model.probabilities(image[None])
+    predicted = logged.classes[int(serving.decide(prob, logged.classes, logged.threshold)[0])]
+    return image, dict(zip(logged.classes, prob[0].tolist(), strict=True)), predicted
+
+
+def not_an_image_message(name: str = "the uploaded file") -> str:
+    with pytest.raises(UserError) as exc:
+        serving.decode(NOT_AN_IMAGE, 32, name)
+    return str(exc.value)
+
+
+def test_page_is_one_self_contained_file(server: str) -> None:
+    status, html = call(f"{server}/")
+    assert status == 200
+    assert "not a diagnostic device" in html
+    for anchor in ('id="file"', 'accept="image/*"', 'id="predicted"', 'id="probabilities"', 'id="overlay"', 'id="error"'):
+        assert anchor in html
+    # Works offline: nothing loaded from elsewhere.
+    for external in ('src="http', "src='http", 'href="http', "url(http", "@import", "//cdn"):
+        assert external not in html
+
+
+def test_health_describes_the_model(server: str, logged: SimpleNamespace) -> None:
+    status, body = call(f"{server}/health")
+    assert status == 200
+    assert body["status"] == "ok"
+    assert body["model"] == {"uri": logged.uri, "classes": logged.classes, "image_size": 32, "threshold": pytest.approx(logged.threshold)}
+    assert body["max_upload_bytes"] == web.MAX_UPLOAD_BYTES
+
+
+@pytest.mark.shared
+def test_predict_a_real_xray(server: str, logged: SimpleNamespace, xray: Path) -> None:
+    image, prob, predicted = expected(logged, xray)
+    status, body = predict(server, xray.read_bytes())
+    assert status == 200, body
+    assert body["classes"] == logged.classes
+    assert body["probabilities"] == pytest.approx(prob, abs=1e-6)
+    assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-6)
+    # The operating point, not the argmax (the threshold was chosen so that the two differ).
+    assert body["predicted"] == predicted != max(prob, key=prob.get)
+    assert body["threshold"] == pytest.approx(logged.threshold) and body["positive"] == COVID
+    shown = png_array(body["image_png"])
+    assert shown.shape == (32, 32) and np.array_equal(shown, image)
+    overlay = png_array(body["gradcam_png"])
+    assert overlay.shape == (32, 32, 3) and overlay.dtype == np.uint8
+    assert overlay.std() > 1, "the overlay is constant"
+    # Grad-CAM of the predicted class (at the operating point), not of the most probable one.
+    index = np.array([logged.classes.index(predicted)])
+    heatmap = explain.gradcam(logged.model.keras_model, image[None, ..., None].astype(np.float32), class_index=index)
+    np.testing.assert_allclose(overlay, explain.overlay(image, heatmap[0]), atol=2)
+
+
+def test_not_an_image_is_a_400_with_the_message(server: str) -> None:
+    status, body = predict(server, NOT_AN_IMAGE)
+    assert status == 400
+    assert body == {"detail": not_an_image_message()}
+    assert "not an image file" in body["detail"]
+    # With the file's name (as the page sends it), the message names it.
+    status, body = predict(server, NOT_AN_IMAGE, name="notes.txt")
+    assert (status, body) == (400, {"detail": not_an_image_message("notes.txt")})
+    assert body["detail"].startswith("notes.txt: ")
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"{not json", 'send JSON {"image"'),
+        (b'{"picture": "aGVsbG8="}', 'send JSON {"image"'),
+        (b'{"image": 42}', 'send JSON {"image"'),
+        (b'{"image": "aGVsbG8=", "name": 7}', 'send JSON {"image"'),
+        (b'["image"]', 'send JSON {"image"'),
+        (b'{"image": "not base64!"}', "not valid base64"),
+    ],
+)
+def test_malformed_requests_are_400(server: str, body: bytes, detail: str) -> None:
+    status, answer = call(f"{server}/predict", body)
+    assert status == 400
+    assert detail in answer["detail"]
+
+
+def test_upload_limit_is_413(server: str) -> None:
+    limit = web.MAX_UPLOAD_BYTES
+    # At the limit the file is accepted (and rejected only as not an image) …
+    status, body = predict(server, b"x" * limit)
+    assert status == 400 and body["detail"] == not_an_image_message()
+    # … one byte more is refused, whether the body's size is declared or not (chunked).
+    status, body = predict(server, b"x" * (limit + 1))
+    assert status == 413 and "too large" in body["detail"]
+    payload = json.dumps({"image": base64.b64encode(b"x" * (2 * limit)).decode()}).encode()
+    step = 1 << 20
+    chunks = (payload[i : i + step] for i in range(0, len(payload), step))
+    status, body = call(f"{server}/predict", chunks)
+    assert status == 413 and "too large" in body["detail"]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's Chromium; skipped with a reason when absent, except under CI (CI must run the test)."""
+    if not CHROMIUM.is_file():
+        reason = f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run the browser test"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so it must run", pytrace=False)
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def app_process(logged: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m chestxray app --model runs:/…`` in a subprocess on a free port: its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    folder = tmp_path_factory.mktemp("web-app")
+    log = folder / "app.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": logged.tracking_uri}
+    command = [sys.executable, "-m", "chestxray", "app", "--model", logged.uri, "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"`{' '.join(command)}` exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if call(f"{url}/health", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"the app did not answer within 180 s:\n{log.read_text()}"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.browser
+@pytest.mark.shared
+def test_page_in_chromium(chromium: Path, app_process: str, logged: SimpleNamespace, xray: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    _, prob, predicted = expected(logged, xray)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            script_errors: list[str] = []
+            page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+            page.goto(app_process)
+            assert page.title() == "Chest X-ray classifier"
+            assert "not a diagnostic device" in page.inner_text(".note")
+            page.wait_for_function("document.getElementById('model').textContent.includes('runs:/')")
+
+            page.set_input_files("#file", str(xray))
+            page.wait_for_selector("body[data-state=done]", timeout=120_000)
+            rows = page.eval_on_selector_all("#probabilities tbody tr", "rows => rows.map(r => [r.dataset.class, Number(r.dataset.p)])")
+            shown = dict(rows)
+            assert shown == pytest.approx(prob, abs=1e-6)
+            assert [p for _, p in rows] == sorted(shown.values(), reverse=True), "rows are sorted high to low"
+            assert page.inner_text("#predicted") == predicted
+            assert float(page.get_attribute("#rule", "data-threshold")) == pytest.approx(logged.threshold)
+            assert page.eval_on_selector("#overlay img", "img => img.complete && img.naturalWidth") == 32
+            assert page.eval_on_selector("#input", "img => img.complete && img.naturalWidth") == 32
+            assert page.is_visible("#overlay img") and page.is_hidden("#error")
+            page.screenshot(path=tmp_path / "result.png", full_page=True)
+
+            page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": NOT_AN_IMAGE}])
+            page.wait_for_selector("body[data-state=error]", timeout=60_000)
+            assert page.is_visible("#error")
+            assert page.inner_text("#error") == not_an_image_message("notes.txt")
+            assert page.is_hidden("#result") and page.is_hidden("#overlay img")
+            page.screenshot(path=tmp_path / "error.png", full_page=True)
+            assert script_errors == []
+        finally:
+            browser.close()
