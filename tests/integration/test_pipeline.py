@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
-
-from chestxray.backbones import BACKBONES
-
 from conftest import KERAS_HOME, REPO
 from kaggle_server import SLUG, USER, KaggleStub
+
+from chestxray.backbones import BACKBONES
 
 pytestmark = pytest.mark.integration
 
@@ -99,8 +99,11 @@ def test_repro_runs_the_chain_and_learns(repo, first_repro):
     names = dict(re.findall(r'(node\d+)\["(\w+)"\]', dag))
     edges = {(names[a], names[b]) for a, b in re.findall(r"(node\d+)-->(node\d+)", dag)}
     assert set(zip(STAGES, STAGES[1:])) <= edges
-    # evaluate reads the test split; train logs the data stages' records to MLflow as provenance
-    assert edges - set(zip(STAGES, STAGES[1:])) == {("prepare", "evaluate"), ("download", "train"), ("validate", "train")}
+    # evaluate reads the test split and the data records for the model card; train logs the data
+    # stages' records to MLflow as provenance
+    assert edges - set(zip(STAGES, STAGES[1:])) == {
+        ("prepare", "evaluate"), ("split", "evaluate"), ("download", "evaluate"), ("download", "train"), ("validate", "train")
+    }
     validate, split, evaluate = metrics(repo, "validate"), metrics(repo, "split"), metrics(repo, "evaluate")
     assert validate["raw"] == validate["clean"] == {"COVID": 171, "Lung_Opacity": 284, "Normal": 482, "Viral Pneumonia": 63}
     assert validate["rejected"] == {} and validate["gate"]["passed"] is True
@@ -113,10 +116,16 @@ def test_repro_runs_the_chain_and_learns(repo, first_repro):
     assert evaluate["n"] == sum(split["counts"]["test"].values())
     assert evaluate["macro_f1"] > 0.6, evaluate  # chance is 0.25 for four classes
     assert set(evaluate["per_class"]) == {"COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"}
+    assert evaluate["ci"]["macro_f1"]["low"] <= evaluate["macro_f1"] <= evaluate["ci"]["macro_f1"]["high"]
+    assert evaluate["operating_point"]["val_sensitivity"] >= evaluate["operating_point"]["target_sensitivity"] == 0.95
     compare = metrics(repo, "compare")
     assert compare["n_runs"] == 1 and compare["best"]["run_id"] == evaluate["run_id"]
-    for png in ("train/curves.png", "evaluate/confusion.png", "evaluate/roc.png"):
-        assert (repo / "reports" / png).stat().st_size > 5000
+    assert compare["champion"]["run_id"] == evaluate["run_id"] and compare["champion"]["moved"] is True
+    assert compare["mcnemar"] is None  # one run
+    for png in ("train/curves.png", "evaluate/confusion.png", "evaluate/roc.png", "evaluate/pr.png", "evaluate/reliability.png",
+                "gradcam/COVID.png", "leaderboard.png"):
+        assert (repo / "reports" / png).stat().st_size > 5000, png
+    assert evaluate["data_version"] in (repo / "reports" / "model_card.md").read_text()
 
 
 def test_second_repro_runs_nothing(repo, first_repro):
@@ -135,12 +144,27 @@ def test_mlflow_has_the_run_with_params_metrics_model(repo, first_repro):
     assert run.data.metrics["test.macro_f1"] == pytest.approx(metrics(repo, "evaluate")["macro_f1"])
     assert run.data.tags["data_version"] == metrics(repo, "split")["data_version"]
     assert run.data.tags["mlflow.source.git.commit"] == sh(repo, "git", "rev-parse", "HEAD").strip()
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"data", "evaluate", "train"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"data", "evaluate", "gradcam", "model_card.md", "train"}
     assert run.data.tags["data.source"] == "synthetic" and "data.slug" not in run.data.tags
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    model = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")  # Keras flavor, with signature
-    assert "keras" in model.flavors and json.loads(model.signature.to_dict()["inputs"])[0]["tensor-spec"]["shape"] == [-1, 64, 64, 1]
+    model = mlflow.models.get_model_info("models:/chestxray@champion")  # the pyfunc model evaluate logged
+    assert model.run_id == run.info.run_id and "python_function" in model.flavors
+    config = model.flavors["python_function"]["config"]
+    assert model.signature.inputs.input_names() == ["image"] and config["image_size"] == 64
+    assert config["threshold"] == metrics(repo, "evaluate")["operating_point"]["threshold"]
     assert (repo / "mlartifacts").is_dir() and not (repo / "mlruns").exists()
+
+
+def test_predict_uses_the_champion(repo, first_repro, tmp_path):
+    """Before any experiment changes the workspace: the champion is the model of the last repro,
+    and predict gives what evaluate saw for the same test image."""
+    [expected] = pd.read_csv(repo / "reports" / "evaluate" / "predictions.csv").head(1).to_dict("records")
+    sh(repo, "python", "-m", "chestxray", "predict", expected["path"], "--format", "json", "--output", str(tmp_path / "out.json"))
+    [row] = json.loads((tmp_path / "out.json").read_text())
+    classes = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    assert set(row) == {"path", *(f"p_{c}" for c in classes), "predicted"} and row["path"] == expected["path"]
+    assert [row[f"p_{c}"] for c in classes] == pytest.approx([expected[f"p_{c}"] for c in classes], abs=1e-5)
+    assert row["predicted"] == expected["predicted_at_threshold"]
 
 
 def test_exp_run_with_another_model_reruns_only_train_evaluate_compare(repo, first_repro):
@@ -149,7 +173,9 @@ def test_exp_run_with_another_model_reruns_only_train_evaluate_compare(repo, fir
     output = sh(repo, "dvc", "exp", "run", "-S", "model=efficientnetb0", "-S", "train.epochs=1", "-S", "train.imbalance=focal")
     assert ran(output) == ["train", "evaluate", "compare"]
     assert json.loads((repo / "models" / "run.json").read_text())["model"] == "efficientnetb0"
-    assert metrics(repo, "compare")["n_runs"] == 2
+    compare = metrics(repo, "compare")
+    assert compare["n_runs"] == 2 and compare["mcnemar"]["n"] == metrics(repo, "evaluate")["n"]
+    assert compare["champion"]["version"] == 1 and compare["champion"]["moved"] is False  # one epoch does not beat it
     history = (repo / "reports" / "train" / "history.csv").read_text().splitlines()
     assert history[0] == "epoch,accuracy,learning_rate,loss,val_accuracy,val_loss" and len(history) == 2
 

@@ -1,0 +1,98 @@
+"""The evaluate stage end to end on a real trained model, a real cache and a real MLflow store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from chestxray import serving, tracking
+from chestxray.cache import cache_meta, load_split
+from chestxray.config import EvaluateConfig
+from chestxray.evaluation import evaluate_model, predict_proba
+from chestxray.io import read_json, write_json
+
+CFG = EvaluateConfig(target_sensitivity=0.95, bootstrap=1000, calibration_bins=10, gradcam_images=2)
+
+
+@pytest.fixture
+def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store: str) -> dict:
+    """evaluate_model run on the session's trained model, with the records the stage reads."""
+    meta = cache_meta(cache_dir)
+    models, metrics_dir = tmp_path / "models", tmp_path / "metrics"
+    models.mkdir()
+    shutil.copy(trained_model, models / "model.keras")
+    with tracking.run(tracking.run_tags("cnn", meta["data_version"])) as run_id:
+        pass
+    run = {"run_id": run_id, "model": "cnn", "weights": "none", "imbalance": "class_weight"}
+    write_json(models / "run.json", {**run, "classes": meta["classes"], "image_size": 32, "data_version": meta["data_version"]})
+    counts = {s: {c: int(n) for c, n in zip(meta["classes"], np.bincount(load_split(cache_dir, s)[1], minlength=4), strict=True)} for s in ("train", "val", "test")}
+    write_json(metrics_dir / "split.json", {"counts": counts, "data_version": meta["data_version"], "groups": 160, "leakage": {"exact_pairs": 0, "near_pairs": 0}})
+    write_json(metrics_dir / "train.json", {"best_epoch": 6, "best_val_loss": 0.9, "best_val_accuracy": 0.6, "epochs_run": 8, "params": 1234, "train_seconds": 1.0, "model_mb": 0.1})
+    write_json(metrics_dir / "download.json", {"source": "synthetic", "files": 320, "bytes": 1})
+    metrics = evaluate_model(CFG, 42, models, cache_dir, metrics_dir, tmp_path / "reports")
+    return {"metrics": metrics, "root": tmp_path, "run_id": run_id, "classes": meta["classes"], "model": models / "model.keras"}
+
+
+def test_evaluate_writes_every_metric_with_cis_and_the_operating_point(evaluated, cache_dir):
+    m = evaluated["metrics"]
+    assert read_json(evaluated["root"] / "metrics" / "evaluate.json") == m
+    for key in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_precision",
+                "weighted_recall", "weighted_f1", "roc_auc_macro", "pr_auc_macro", "log_loss", "ece", "n", "data_version", "run_id"):
+        assert m[key] is not None, key
+    assert set(m["per_class"]["COVID"]) == {"precision", "recall", "specificity", "f1", "support", "roc_auc", "pr_auc"}
+    point = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "covid_sensitivity": m["per_class"]["COVID"]["recall"],
+             "covid_specificity": m["per_class"]["COVID"]["specificity"]}
+    for name, value in point.items():
+        assert m["ci"][name]["low"] <= value <= m["ci"][name]["high"], name
+    # the threshold reaches the target on the validation split, recomputed from the saved model
+    import keras
+
+    x_val, y_val = load_split(cache_dir, "val")
+    p_covid = predict_proba(keras.models.load_model(evaluated["model"]), x_val)[:, 0]
+    op = m["operating_point"]
+    assert np.mean(p_covid[y_val == 0] >= op["threshold"]) == pytest.approx(op["val_sensitivity"])
+    assert op["val_sensitivity"] >= 0.95
+    assert set(op) == {"threshold", "target_sensitivity", "val_sensitivity", "val_specificity", "sensitivity", "specificity"}
+
+
+def test_evaluate_writes_tables_plots_gallery_and_card(evaluated):
+    out = evaluated["root"] / "reports"
+    table = pd.read_csv(out / "evaluate" / "predictions.csv")
+    m = evaluated["metrics"]
+    assert len(table) == m["n"]
+    prob = table[[f"p_{c}" for c in evaluated["classes"]]].to_numpy()
+    decided = np.asarray(evaluated["classes"])[serving.decide(prob, evaluated["classes"], m["operating_point"]["threshold"])]
+    assert table["predicted_at_threshold"].tolist() == decided.tolist()
+    assert pd.read_csv(out / "evaluate" / "reliability.csv")["count"].sum() == m["n"]
+    for name in ("confusion", "roc", "pr", "reliability"):
+        with Image.open(out / "evaluate" / f"{name}.png") as im:
+            assert im.width > 300 and im.height > 300, name
+    assert {p.stem for p in (out / "evaluate" / "pr").glob("*.csv")} == set(evaluated["classes"])
+    assert (out / "gradcam" / "index.md").is_file() and (out / "gradcam" / "COVID.png").is_file()
+    card = (out / "model_card.md").read_text()
+    ci = m["ci"]["macro_f1"]
+    assert f"| macro F1 | {m['macro_f1']:.3f} | [{ci['low']:.3f}, {ci['high']:.3f}] |" in card
+    assert f"p(COVID) ≥ **{m['operating_point']['threshold']:.3f}**" in card
+    assert m["data_version"] in card and "paediatric" in card and "synthetic" in card
+    assert "| total | " in card and "Clopper-Pearson" in card
+
+
+def test_evaluate_logs_everything_and_the_servable_model_to_the_run(evaluated, mlflow_store):
+    client = mlflow.MlflowClient(mlflow_store)
+    run_id, m = evaluated["run_id"], evaluated["metrics"]
+    logged = client.get_run(run_id).data.metrics
+    assert logged["test.ci.macro_f1.low"] == m["ci"]["macro_f1"]["low"]
+    assert logged["test.operating_point.threshold"] == m["operating_point"]["threshold"]
+    assert logged["test.per_class.COVID.pr_auc"] == m["per_class"]["COVID"]["pr_auc"]
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"evaluate", "gradcam", "model_card.md"} <= top
+    files = {a.path for a in client.list_artifacts(run_id, "evaluate")}
+    assert {"evaluate/predictions.csv", "evaluate/reliability.png", "evaluate/pr.png", "evaluate/confusion.png"} <= files
+    model = serving.load(f"runs:/{run_id}/model")
+    assert model.threshold == pytest.approx(m["operating_point"]["threshold"]) and model.classes == evaluated["classes"]
