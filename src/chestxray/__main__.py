@@ -13,10 +13,11 @@ from chestxray.io import atomic_path
 
 def default_model() -> str:
     """``models:/<compare.registered_model>@champion`` (from ./params.yaml if there, else ``chestxray``)."""
+    from chestxray.compare import CHAMPION
     from chestxray.config import load_params
 
     name = load_params().compare.registered_model if Path("params.yaml").is_file() else "chestxray"
-    return f"models:/{name}@champion"
+    return f"models:/{name}@{CHAMPION}"
 
 
 def predict(args: argparse.Namespace) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,12 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from chestxray import reports, tracking
-from chestxray.cache import cache_meta, load_split, make_dataset
+from chestxray import model_card, reports, serving, tracking
+from chestxray.cache import cache_meta, load_split
 from chestxray.config import EvaluateConfig
 from chestxray.errors import UserError
 from chestxray.io import atomic_path, read_json, write_csv, write_json
 from chestxray.labels import COVID
-from chestxray.serving import decide
 
 log = logging.getLogger(__name__)
 
@@ -219,30 +218,31 @@ def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -
 
     sklearn's infinite first threshold is replaced by 1.0 so every value is finite.
     """
-    y_true, y_prob = _check(y_true, y_prob, classes)
-    curves: dict[str, pd.DataFrame] = {}
-    for i, name in enumerate(classes):
-        positive = y_true == i
-        if not _both_present(positive):
-            continue
-        fpr, tpr, thresholds = skm.roc_curve(positive, y_prob[:, i])
-        thresholds = np.where(np.isfinite(thresholds), thresholds, 1.0)
-        curves[name] = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
-    return curves
+
+    def roc(positive: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+        fpr, tpr, thresholds = skm.roc_curve(positive, scores)
+        return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.where(np.isfinite(thresholds), thresholds, 1.0)})
+
+    return _one_vs_rest(y_true, y_prob, classes, roc)
 
 
 def pr_curves(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
     """One-vs-rest precision-recall curves (recall, precision, threshold) for each class with
     positives and negatives; the last point (recall 0, precision 1) has threshold 1.0."""
+
+    def pr(positive: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+        precision, recall, thresholds = skm.precision_recall_curve(positive, scores)
+        return pd.DataFrame({"recall": recall, "precision": precision, "threshold": [*thresholds, 1.0]})
+
+    return _one_vs_rest(y_true, y_prob, classes, pr)
+
+
+def _one_vs_rest(
+    y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str], curve: Callable[[np.ndarray, np.ndarray], pd.DataFrame]
+) -> dict[str, pd.DataFrame]:
+    """``curve(positive, scores)`` of each class that has positives and negatives, by name."""
     y_true, y_prob = _check(y_true, y_prob, classes)
-    curves: dict[str, pd.DataFrame] = {}
-    for i, name in enumerate(classes):
-        positive = y_true == i
-        if not _both_present(positive):
-            continue
-        precision, recall, thresholds = skm.precision_recall_curve(positive, y_prob[:, i])
-        curves[name] = pd.DataFrame({"recall": recall, "precision": precision, "threshold": [*thresholds, 1.0]})
-    return curves
+    return {name: curve(y_true == i, y_prob[:, i]) for i, name in enumerate(classes) if _both_present(y_true == i)}
 
 
 def evaluate_model(
@@ -251,14 +251,12 @@ def evaluate_model(
     """Score the trained model on the test split (the operating point is chosen on validation);
     write ``metrics/evaluate.json``, the plots and tables under ``reports/evaluate/``, the Grad-CAM
     gallery, the model card, and log all of it and the servable model to the training run."""
+    # Imported here: explain and models load TensorFlow; models also registers the custom layer
+    # and the focal loss that load_model needs.
     import keras
 
-    import chestxray.models  # noqa: F401  (registers the custom preprocessing layer and focal loss)
-    from chestxray import (  # explain and serving import TensorFlow / the model code
-        explain,
-        model_card,
-        serving,
-    )
+    from chestxray import explain
+    from chestxray.models import predict_proba
 
     run = read_json(model_dir / "run.json")
     classes = cache_meta(cache_dir)["classes"]
@@ -297,13 +295,6 @@ def evaluate_model(
     return metrics
 
 
-def predict_proba(model: Any, x: np.ndarray) -> np.ndarray:
-    """Class probabilities (float64, rows renormalised: float32 softmax rows sum to 1 ± 1e-7)."""
-    prob = model.predict(make_dataset(x, np.zeros(len(x), np.int64), 64, False, 0).map(lambda images, _: images), verbose=0)
-    prob = prob.astype(np.float64)
-    return prob / prob.sum(axis=1, keepdims=True)
-
-
 def write_plots(
     y: np.ndarray, prob: np.ndarray, classes: Sequence[str], paths: Sequence[str], metrics: dict[str, Any], bins: int, out: Path
 ) -> None:
@@ -311,7 +302,7 @@ def write_plots(
     names = np.asarray(classes)
     pred = prob.argmax(axis=1)
     table = pd.DataFrame({"path": paths, "actual": names[y], "predicted": names[pred]})
-    table["predicted_at_threshold"] = names[decide(prob, classes, metrics["operating_point"]["threshold"])]
+    table["predicted_at_threshold"] = names[serving.decide(prob, classes, metrics["operating_point"]["threshold"])]
     table = table.join(pd.DataFrame(prob.round(6), columns=[f"p_{c}" for c in classes]))
     write_csv(out / "predictions.csv", table)
     per_class = metrics["per_class"]

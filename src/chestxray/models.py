@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from chestxray.backbones import BACKBONES, TRAINING_KEYS
+from chestxray.cache import make_dataset
 from chestxray.config import HeadConfig
 from chestxray.errors import UserError
 
@@ -91,6 +93,14 @@ def build_model(
         x = layers.Dropout(head.dropout, name=f"head_dropout{i}")(x)
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"{name}_classifier"), base
+
+
+def predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Class probabilities of grey images ``x`` (N, S, S, 1), float64 with rows renormalised
+    (a float32 softmax sums to 1 ± 1e-7); batches are gathered from ``x``, which may be a memory map."""
+    prob = model.predict(make_dataset(x, np.zeros(len(x), np.int64), 64, False, 0).map(lambda images, _: images), verbose=0)
+    prob = prob.astype(np.float64)
+    return prob / prob.sum(axis=1, keepdims=True)
 
 
 def is_pretrained(name: str, weights: str) -> bool:

@@ -83,9 +83,9 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S) uint8 grey images → (N, k) float64 probabilities, rows summing to 1."""
-        prob = self.keras_model.predict(np.asarray(images, np.float32)[..., None], batch_size=64, verbose=0)
-        prob = prob.astype(np.float64)
-        return prob / prob.sum(axis=1, keepdims=True)
+        from chestxray.models import predict_proba
+
+        return predict_proba(self.keras_model, np.asarray(images)[..., None])
 
     def predict_images(self, images: np.ndarray) -> pd.DataFrame:
         """(N, S, S) uint8 grey images → ``p_<class>`` columns and ``predicted``."""

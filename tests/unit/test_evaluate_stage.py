@@ -14,8 +14,9 @@ from PIL import Image
 from chestxray import serving, tracking
 from chestxray.cache import cache_meta, load_split
 from chestxray.config import EvaluateConfig
-from chestxray.evaluation import evaluate_model, predict_proba
+from chestxray.evaluation import evaluate_model
 from chestxray.io import read_json, write_json
+from chestxray.models import predict_proba
 
 CFG = EvaluateConfig(target_sensitivity=0.95, bootstrap=1000, calibration_bins=10, gradcam_images=2)
 
