@@ -27,8 +27,7 @@ from chestxray.config import Params, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-# HTTP to servers the tests start on 127.0.0.1, never through a proxy: urllib.request.urlopen keeps
-# the first opener it builds, with the proxy settings of that moment (a test sets a closed proxy).
+# HTTP to servers the tests start on 127.0.0.1, never through a proxy a developer has set.
 LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 

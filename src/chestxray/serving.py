@@ -49,6 +49,14 @@ def decode(data: bytes, size: int, name: str) -> np.ndarray:
         raise UserError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
+def from_base64(value: Any, name: str) -> bytes:
+    """The bytes of a base64 text; UserError naming ``name`` if it is not base64."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, TypeError, ValueError) as exc:
+        raise UserError(f"{name}: not valid base64 ({exc})") from None
+
+
 def decide(prob: np.ndarray, classes: Sequence[str], threshold: float) -> np.ndarray:
     """Class indices at the operating point: COVID when p(COVID) ≥ ``threshold``, else the most
     probable other class (for a binary task: the decision threshold)."""
@@ -75,10 +83,9 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
         images = []
         for i, value in enumerate(model_input[INPUT_COLUMN]):
             try:
-                images.append(decode(base64.b64decode(value, validate=True), self.image_size, f"row {i}"))
-            except (binascii.Error, TypeError, ValueError, UserError) as exc:
-                message = exc if isinstance(exc, UserError) else f"row {i}: not valid base64 ({exc})"
-                raise MlflowException.invalid_parameter_value(f"{message}; send each image file base64-encoded in column '{INPUT_COLUMN}'") from None
+                images.append(decode(from_base64(value, f"row {i}"), self.image_size, f"row {i}"))
+            except UserError as exc:
+                raise MlflowException.invalid_parameter_value(f"{exc}; send each image file base64-encoded in column '{INPUT_COLUMN}'") from None
         return self.predict_images(np.stack(images))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

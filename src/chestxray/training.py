@@ -138,14 +138,13 @@ def train_model(
         seconds = time.perf_counter() - start
         curves = pd.read_csv(history_csv)
         best = best_epoch(curves, cfg.monitor)
-        best_model = keras.models.load_model(out / "model.keras")
         metrics = {
             "best_epoch": int(best["epoch"]),
             "best_val_loss": float(best["val_loss"]),
             "best_val_accuracy": float(best["val_accuracy"]),
             "epochs_run": len(curves),
             "train_seconds": round(seconds, 1),
-            "params": int(best_model.count_params()),
+            "params": int(model.count_params()),  # the checkpoint has the same architecture
             "model_mb": round((out / "model.keras").stat().st_size / 1e6, 2),
         }
         tracking.log_metrics(metrics, prefix="train.")

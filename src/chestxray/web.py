@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import logging
@@ -112,9 +111,9 @@ def create_app(model: serving.XrayClassifier, model_uri: str | None = None, max_
         except (ValueError, KeyError, TypeError):
             raise HTTPException(400, 'send JSON {"image": "<the image file, base64-encoded>", "name": "<optional file name>"}') from None
         try:
-            data = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise HTTPException(400, f"the image is not valid base64 ({exc})") from None
+            data = serving.from_base64(value, name)
+        except UserError as exc:
+            raise HTTPException(400, str(exc)) from None
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"{too_large} (got {_megabytes(len(data))})")
         try:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import KERAS_HOME
 
 from chestxray.backbones import BACKBONES
 from chestxray.config import HeadConfig
 from chestxray.errors import UserError
 from chestxray.models import Preprocess, build_model, unfreeze_top
-from conftest import KERAS_HOME
 
 WHITE = np.full((1, 4, 4, 1), 255.0, np.float32)
 MV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
@@ -108,6 +110,8 @@ def test_imagenet_offline_names_the_file_and_the_folder(monkeypatch, name, file)
     proxy port guarantees the download fails the same way instead of fetching the file."""
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
+    # urllib keeps the first opener it builds, with the proxies of that moment: drop it afterwards
+    monkeypatch.setattr(urllib.request, "_opener", None)
     with pytest.raises(UserError) as err:
         build_model(name, 32, 2, "imagenet", {"learning_rate": 0.1}, HEAD)
     message = str(err.value)
