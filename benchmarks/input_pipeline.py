@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chestxray import synthetic
-from chestxray.cache import load_split, make_dataset, prepare_cache
 from chestxray.config import load_params
+from chestxray.data import synthetic
+from chestxray.data.cache import load_split, make_dataset, prepare_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 AMORTISED_EPOCHS = (10, 30)
@@ -54,7 +54,7 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from chestxray.training import augmenter, seed_everything
+    from chestxray.learn.training import augmenter, seed_everything
 
     seed_everything(params.seed, params.train.deterministic)
     size, batch = args.size, args.batch

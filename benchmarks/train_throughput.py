@@ -37,10 +37,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from chestxray.cache import load_split, make_dataset, prepare_cache
 from chestxray.config import parse_params
-from chestxray.models import build_model
-from chestxray.training import augmenter, seed_everything
+from chestxray.data.cache import load_split, make_dataset, prepare_cache
+from chestxray.learn.models import build_model
+from chestxray.learn.training import augmenter, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, CLASSES = 224, 4

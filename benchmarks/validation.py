@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from chestxray import synthetic
 from chestxray.config import RAW_DIR, load_params
-from chestxray.duplicates import find_duplicates
-from chestxray.images import inspect_all
-from chestxray.layouts import read_layout
+from chestxray.data import synthetic
+from chestxray.data.duplicates import find_duplicates
+from chestxray.data.images import inspect_all
+from chestxray.data.layouts import read_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmark")
@@ -44,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-validation-") as tmp:
         work = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-        from chestxray.validation import validate_dataset  # after the store is set
+        from chestxray.data.validation import validate_dataset  # after the store is set
 
         synthetic.generate(work / RAW_DIR, n_images=args.images, seed=params.seed)
         paths = list(read_layout(work / RAW_DIR)[0]["path"])

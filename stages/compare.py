@@ -1,8 +1,8 @@
 """compare: leaderboard of every MLflow run on this data version, McNemar for the top two, champion alias."""
 
-from chestxray.compare import compare_runs
 from chestxray.config import METRICS_DIR, REPORTS_DIR
 from chestxray.io import read_json
+from chestxray.judge.compare import compare_runs
 from chestxray.stage import run_stage
 
 if __name__ == "__main__":

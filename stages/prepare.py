@@ -1,7 +1,7 @@
 """prepare: decode and resize every image once into the uint8 cache that training streams."""
 
-from chestxray.cache import prepare_cache
 from chestxray.config import CACHE_DIR, SPLIT_CSV
+from chestxray.data.cache import prepare_cache
 from chestxray.stage import run_stage
 
 if __name__ == "__main__":

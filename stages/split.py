@@ -1,6 +1,6 @@
 """split: stratified, grouped (patient, else duplicate group), seeded train/val/test assignment."""
 
-from chestxray.splitting import split_dataset
+from chestxray.data.splitting import split_dataset
 from chestxray.stage import run_stage
 
 if __name__ == "__main__":

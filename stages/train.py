@@ -1,8 +1,8 @@
 """train: two-phase transfer learning of params.model on the cache; best checkpoint to models/."""
 
 from chestxray.config import CACHE_DIR, METRICS_DIR, MODEL_DIR, REPORTS_DIR
+from chestxray.learn.training import train_model
 from chestxray.stage import run_stage
-from chestxray.training import train_model
 
 if __name__ == "__main__":
     records = [METRICS_DIR / "download.json", METRICS_DIR / "validate.json"]

@@ -22,8 +22,8 @@ os.environ["KAGGLE_CONFIG_DIR"] = str(KAGGLE_CONFIG_DIR)
 
 import yaml
 
-from chestxray import synthetic
 from chestxray.config import Params, load_params, parse_params
+from chestxray.data import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -117,10 +117,10 @@ def make_params(**overrides) -> Params:
 @pytest.fixture(scope="session")
 def cache_dir(raw_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The image cache (32 px) of the session's synthetic dataset, split 70/15/15."""
-    from chestxray.cache import prepare_cache
-    from chestxray.labels import apply_task
-    from chestxray.layouts import read_layout
-    from chestxray.splitting import assign_splits
+    from chestxray.data.cache import prepare_cache
+    from chestxray.data.labels import apply_task
+    from chestxray.data.layouts import read_layout
+    from chestxray.data.splitting import assign_splits
 
     out = tmp_path_factory.mktemp("cache")
     table, _ = apply_task(read_layout(raw_dataset)[0], "4class", {})
@@ -134,9 +134,9 @@ def trained_model(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """A small CNN trained for a few epochs on the session's cache (32 px), saved as model.keras."""
     import keras
 
-    from chestxray.cache import cache_meta, load_split
     from chestxray.config import HeadConfig
-    from chestxray.models import build_model
+    from chestxray.data.cache import cache_meta, load_split
+    from chestxray.learn.models import build_model
 
     keras.utils.set_random_seed(0)
     classes = cache_meta(cache_dir)["classes"]

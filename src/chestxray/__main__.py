@@ -13,15 +13,15 @@ from chestxray.io import atomic_path
 
 def default_model() -> str:
     """``models:/<compare.registered_model>@champion`` (from ./params.yaml if there, else ``chestxray``)."""
-    from chestxray.compare import CHAMPION
     from chestxray.config import load_params
+    from chestxray.judge.compare import CHAMPION
 
     name = load_params().compare.registered_model if Path("params.yaml").is_file() else "chestxray"
     return f"models:/{name}@{CHAMPION}"
 
 
 def predict(args: argparse.Namespace) -> None:
-    from chestxray import predict, serving
+    from chestxray.serve import predict, serving
 
     files = predict.image_files(args.paths)
     uri = args.model or default_model()
@@ -35,13 +35,13 @@ def predict(args: argparse.Namespace) -> None:
 
 
 def app(args: argparse.Namespace) -> None:
-    from chestxray import web
+    from chestxray.serve import web
 
     web.serve(args.model or default_model(), args.host, args.port)
 
 
 def parser() -> argparse.ArgumentParser:
-    from chestxray.predict import FORMATS
+    from chestxray.serve.predict import FORMATS
 
     root = argparse.ArgumentParser(prog="python -m chestxray", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)

@@ -9,11 +9,11 @@ from typing import Any
 
 import yaml
 
-from chestxray.backbones import BACKBONES
+from chestxray.data.labels import CLASSES, TASKS
+from chestxray.data.layouts import LAYOUTS, CsvOptions
+from chestxray.data.synthetic import MIN_IMAGES
 from chestxray.errors import UserError
-from chestxray.labels import CLASSES, TASKS
-from chestxray.layouts import LAYOUTS, CsvOptions
-from chestxray.synthetic import MIN_IMAGES
+from chestxray.learn.backbones import BACKBONES
 
 SOURCES = ("synthetic", "kaggle", "local")
 WEIGHTS = ("imagenet", "none")

@@ -21,10 +21,10 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
+
+from chestxray.learn.backbones import BACKBONES
 from conftest import KERAS_HOME, REPO
 from kaggle_server import SLUG, USER, KaggleStub
-
-from chestxray.backbones import BACKBONES
 
 pytestmark = pytest.mark.integration
 

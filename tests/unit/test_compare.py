@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from chestxray import tracking
-from chestxray.compare import compare_runs, leaderboard_rows, mcnemar
 from chestxray.config import CompareConfig
 from chestxray.io import read_json
+from chestxray.judge.compare import compare_runs, leaderboard_rows, mcnemar
 from chestxray.reports import leaderboard_markdown, plot_leaderboard
 
 NAME = "chestxray"
@@ -111,7 +111,7 @@ def test_compare_ranks_evaluated_runs_of_the_same_data_version(mlflow_store, tmp
     b = log_run("vgg19", "v1", 0.82, accuracy=0.7)
     log_run("resnet50", "v1", None)  # trained, never evaluated
     log_run("mobilenetv2", "v2", 0.99)  # other data
-    with caplog.at_level(logging.WARNING, logger="chestxray.compare"):
+    with caplog.at_level(logging.WARNING, logger="chestxray.judge.compare"):
         summary = run_compare(tmp_path)
     assert summary["n_runs"] == 2
     assert [r["run_id"] for r in summary["leaderboard"]] == [b, a]
@@ -251,7 +251,7 @@ def test_champion_from_another_data_version_is_superseded(mlflow_store, tmp_path
     run_compare(tmp_path, "v1")
     assert champion() == (1, old)
     new = log_run("cnn", "v2", 0.60, servable=True)  # lower, but on another test set
-    with caplog.at_level(logging.WARNING, logger="chestxray.compare"):
+    with caplog.at_level(logging.WARNING, logger="chestxray.judge.compare"):
         summary = run_compare(tmp_path, "v2")
     assert summary["champion"]["moved"] is True and champion() == (2, new)
     assert "evaluated on data version v1, not v2: metrics on different test sets cannot be compared" in caplog.text

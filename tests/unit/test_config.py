@@ -7,9 +7,9 @@ import copy
 import pytest
 import yaml
 
-from chestxray.backbones import BACKBONES
 from chestxray.config import flatten, load_params, parse_params
 from chestxray.errors import UserError
+from chestxray.learn.backbones import BACKBONES
 from conftest import REPO, make_params
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from chestxray.cache import cache_meta, load_split, make_dataset, prepare_cache
-from chestxray.images import inspect, load_gray
-from chestxray.labels import apply_task
-from chestxray.layouts import read_layout
-from chestxray.splitting import assign_splits, data_version
+from chestxray.data.cache import cache_meta, load_split, make_dataset, prepare_cache
+from chestxray.data.images import inspect, load_gray
+from chestxray.data.labels import apply_task
+from chestxray.data.layouts import read_layout
+from chestxray.data.splitting import assign_splits, data_version
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 

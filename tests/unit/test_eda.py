@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chestxray import eda, images
-from chestxray.eda import write_eda
+from chestxray.data import eda, images
+from chestxray.data.eda import write_eda
 
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 PNGS = ["class_distribution.png", "grid_covid.png", "grid_normal.png", "grid_viral_pneumonia.png",
@@ -58,7 +58,7 @@ def test_summary_files_page_and_grid_samples(tmp_path, loads, caplog):
     table.loc[::2, "sex"] = "M"
     table.loc[::3, "age"] = "?"  # junk: an unknown age
     out = tmp_path / "reports" / "eda"
-    with caplog.at_level("INFO", logger="chestxray.eda"):
+    with caplog.at_level("INFO", logger="chestxray.data.eda"):
         summary = write_eda(table, CLASSES, out, seed=1)
     assert summary == {
         "images": 40,

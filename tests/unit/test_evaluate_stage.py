@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chestxray import serving, tracking
-from chestxray.cache import cache_meta, load_split
+from chestxray import tracking
 from chestxray.config import EvaluateConfig
-from chestxray.evaluation import evaluate_model
+from chestxray.data.cache import cache_meta, load_split
 from chestxray.io import read_json, write_json
-from chestxray.models import predict_proba
+from chestxray.judge.evaluation import evaluate_model
+from chestxray.learn.models import predict_proba
+from chestxray.serve import serving
 
 CFG = EvaluateConfig(target_sensitivity=0.95, bootstrap=1000, calibration_bins=10, gradcam_images=2)
 

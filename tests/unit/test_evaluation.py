@@ -10,7 +10,7 @@ import pytest
 from sklearn import metrics as skm
 
 from chestxray.errors import UserError
-from chestxray.evaluation import (
+from chestxray.judge.evaluation import (
     bootstrap_ci,
     choose_threshold,
     classification_metrics,
@@ -21,7 +21,7 @@ from chestxray.evaluation import (
     reliability,
     roc_curves,
 )
-from chestxray.serving import decide
+from chestxray.serve.serving import decide
 
 CLASSES = ["A", "B", "C"]
 # true, predicted (argmax)

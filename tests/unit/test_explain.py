@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chestxray import explain, reports
-from chestxray.backbones import BACKBONES
+from chestxray import reports
 from chestxray.config import HeadConfig
-from chestxray.explain import MIN_SIDE, gallery, gradcam, overlay, target_layer
-from chestxray.models import build_model
+from chestxray.judge import explain
+from chestxray.judge.explain import MIN_SIDE, gallery, gradcam, overlay, target_layer
+from chestxray.learn.backbones import BACKBONES
+from chestxray.learn.models import build_model
 
 HEAD = HeadConfig((), 0.0)
 # Small settings where a backbone has them (the chosen layer does not depend on the width).

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chestxray.data.layouts import detect_layout, read_layout
+from chestxray.data.sources import download_kaggle
 from chestxray.errors import UserError
-from chestxray.layouts import detect_layout, read_layout
-from chestxray.sources import download_kaggle
 from conftest import KAGGLE_CONFIG_DIR, REPO, zip_tree
 from kaggle_server import KEY, SLUG, TOKEN, USER, KaggleStub
 

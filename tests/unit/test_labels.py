@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import make_params
 
 from chestxray.config import MANIFEST_CSV, METRICS_DIR
+from chestxray.data.labels import NO_LABEL, apply_task, task_label
+from chestxray.data.validation import validate_dataset
 from chestxray.errors import UserError
 from chestxray.io import read_json
-from chestxray.labels import NO_LABEL, apply_task, task_label
-from chestxray.validation import validate_dataset
+from conftest import make_params
 
 RADIOGRAPHY = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 IMAGE_DATASET = ["Covid", "Normal", "Viral Pneumonia"]

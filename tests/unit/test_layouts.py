@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from chestxray.data.layouts import COLUMNS, CsvOptions, detect_layout, read_layout
 from chestxray.errors import UserError
-from chestxray.layouts import COLUMNS, CsvOptions, detect_layout, read_layout
 
 EMPTY_RECON = {"matched": 0, "matched_case_insensitive": 0, "files_without_row": 0, "rows_without_file": 0}
 
@@ -109,7 +109,7 @@ def test_ieee8023_sample_matches_notes_and_csv(shared):
     assert (table["sex"] == "").sum() == 4 and set(table["sex"]) == {"M", "F", ""}
     assert (table["age"] == "").sum() == 5
     assert not table["age"].str.contains(".", regex=False).any()
-    assert (table["in_metadata"] == True).all()  # noqa: E712 (a real bool, not a truthy string)
+    assert (table["in_metadata"] == True).all()
     assert (table[["mask_path", "source_split"]] == "").all().all()
     # file by file against the CSV as the csv module reads it
     by_path = table.set_index("path")
@@ -155,7 +155,7 @@ def test_radiography_metadata_workbooks_are_reconciled(raw_dataset):
     normals = int((table["source_label"] == "Normal").sum())
     assert len(table) == 160 and normals > 0
     assert recon == {**EMPTY_RECON, "matched": 160 - normals, "matched_case_insensitive": normals}
-    assert (table["in_metadata"] == True).all()  # noqa: E712
+    assert (table["in_metadata"] == True).all()
     assert all(Path(m).is_file() for m in table["mask_path"])
 
 
@@ -216,7 +216,7 @@ def test_csv_with_explicit_options_reconciles_files_and_rows(tmp_path):
         [(images / "e.png").as_posix(), "", "p6", "30"],
         [(images / "missing.png").as_posix(), "Normal", "p2", ""],
     ]
-    assert (table["in_metadata"] == True).all()  # noqa: E712
+    assert (table["in_metadata"] == True).all()
     assert (table[["sex", "view", "mask_path", "source_split"]] == "").all().all()
 
 

@@ -8,12 +8,12 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import KERAS_HOME
 
-from chestxray.backbones import BACKBONES
 from chestxray.config import HeadConfig
 from chestxray.errors import UserError
-from chestxray.models import Preprocess, build_model, unfreeze_top
+from chestxray.learn.backbones import BACKBONES
+from chestxray.learn.models import Preprocess, build_model, unfreeze_top
+from conftest import KERAS_HOME
 
 WHITE = np.full((1, 4, 4, 1), 255.0, np.float32)
 MV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"

@@ -19,14 +19,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import LOOPBACK
 from mlflow import MlflowClient
 
-import chestxray.models  # noqa: F401  (registers the custom layer)
-from chestxray import serving
-from chestxray.cache import cache_meta
+import chestxray.learn.models
+from chestxray.data.cache import cache_meta
+from chestxray.data.images import load_gray
 from chestxray.errors import UserError
-from chestxray.images import load_gray
+from chestxray.serve import serving
+from conftest import LOOPBACK
 
 THRESHOLD = 0.3
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from chestxray.data.sources import extract_zip, fetch_dataset
 from chestxray.errors import UserError
 from chestxray.io import read_json
-from chestxray.sources import extract_zip, fetch_dataset
 from conftest import make_params
 
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from chestxray.config import MANIFEST_CSV, METRICS_DIR, SPLIT_CSV
+from chestxray.data.splitting import _folds, assign_splits, data_version, groups, leakage_pairs, split_dataset
+from chestxray.data.validation import validate_dataset
 from chestxray.errors import UserError
 from chestxray.io import read_json
-from chestxray.splitting import _folds, assign_splits, data_version, groups, leakage_pairs, split_dataset
-from chestxray.validation import validate_dataset
 from conftest import make_params
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]

@@ -15,9 +15,9 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from chestxray import synthetic
-from chestxray.layouts import RADIOGRAPHY_CLASSES as CLASSES
-from chestxray.synthetic import generate
+from chestxray.data import synthetic
+from chestxray.data.layouts import RADIOGRAPHY_CLASSES as CLASSES
+from chestxray.data.synthetic import generate
 
 N = 120
 SEED = 7

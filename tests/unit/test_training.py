@@ -11,13 +11,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_params
 
-from chestxray.cache import make_dataset
 from chestxray.config import AugmentConfig, HeadConfig
+from chestxray.data.cache import make_dataset
 from chestxray.io import read_json
-from chestxray.models import SparseFocalLoss
-from chestxray.training import augmenter, class_weights, loss_for, train_model
+from chestxray.learn.models import SparseFocalLoss
+from chestxray.learn.training import augmenter, class_weights, loss_for, train_model
+from conftest import make_params
 
 MV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 SMALL_CNN = {"backbones.cnn.filters": [8, 16], "train.epochs": 3, "train.batch_size": 16}
@@ -85,7 +85,7 @@ def test_two_phase_fine_tuning_from_imagenet(cache_dir, tmp_path, mlflow_store, 
     assert list(history["epoch"]) == [0, 1]  # one head epoch, one fine-tuning epoch
     assert history["learning_rate"].iloc[1] == pytest.approx(history["learning_rate"].iloc[0] * 0.1)
 
-    from chestxray.models import build_model
+    from chestxray.learn.models import build_model
 
     _, imagenet = build_model("mobilenetv2", 32, 4, "imagenet", {"alpha": 0.35}, HeadConfig((), 0.0))
     saved = keras.models.load_model(tmp_path / "models" / "model.keras")
@@ -205,7 +205,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, sys.argv[3])
 from conftest import make_params
-from chestxray.training import train_model
+from chestxray.learn.training import train_model
 params = make_params(**{"backbones.cnn.filters": [8, 16], "train.epochs": 2, "train.batch_size": 8,
                         "train.distribute": sys.argv[4]})
 out = Path(sys.argv[2])

@@ -13,7 +13,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, make_params
 from PIL import Image
 
 from chestxray.config import (
@@ -23,9 +22,10 @@ from chestxray.config import (
     REJECTED_CSV,
     VALIDATION_DOCS_DIR,
 )
+from chestxray.data.validation import validate_dataset
 from chestxray.errors import UserError
 from chestxray.io import read_json
-from chestxray.validation import validate_dataset
+from conftest import REPO, make_params
 
 BASE = "COVID-19_Radiography_Dataset"
 

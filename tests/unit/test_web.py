@@ -1,4 +1,4 @@
-"""The web page (chestxray.web): its API on a live uvicorn server, and the page itself driven in
+"""The web page (chestxray.serve.web): its API on a live uvicorn server, and the page itself driven in
 headless Chromium on a real X-ray from ../shared, served by ``python -m chestxray app``."""
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from types import SimpleNamespace
 import mlflow
 import numpy as np
 import pytest
-from conftest import LOOPBACK, SHARED
 from PIL import Image
 
-from chestxray import explain, serving, web
-from chestxray.cache import cache_meta
+from chestxray.data.cache import cache_meta
+from chestxray.data.labels import COVID
 from chestxray.errors import UserError
-from chestxray.labels import COVID
+from chestxray.judge import explain
+from chestxray.serve import serving, web
+from conftest import LOOPBACK, SHARED
 
 XRAY = SHARED / "data/covid19-radiography-sample/COVID-19_Radiography_Dataset/COVID/images/COVID-1.png"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -69,7 +70,7 @@ def logged(trained_model: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
     is there), so a server that ignored it would fail the tests."""
     import keras
 
-    import chestxray.models  # noqa: F401  (custom objects)
+    import chestxray.learn.models
     from chestxray.tracking import experiment_id
 
     classes = list(cache_meta(cache_dir)["classes"])

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from chestxray.images import load_gray
+from chestxray.data.images import load_gray
+from chestxray.data.splitting import SPLITS, data_version
 from chestxray.io import atomic_path, read_json, write_json
-from chestxray.splitting import SPLITS, data_version
 
 log = logging.getLogger(__name__)
 

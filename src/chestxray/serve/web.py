@@ -29,9 +29,10 @@ from fastapi.responses import HTMLResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from chestxray import explain, serving
+from chestxray.data.labels import COVID
 from chestxray.errors import UserError
-from chestxray.labels import COVID
+from chestxray.judge import explain
+from chestxray.serve import serving
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # the image file itself, before base64

@@ -26,9 +26,9 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image, UnidentifiedImageError
 
 import chestxray
+from chestxray.data.images import load_gray
+from chestxray.data.labels import COVID
 from chestxray.errors import UserError
-from chestxray.images import load_gray
-from chestxray.labels import COVID
 from chestxray.tracking import tracking_uri
 
 INPUT_COLUMN = "image"
@@ -71,7 +71,7 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
 
-        import chestxray.models  # noqa: F401  (registers the preprocessing layer and focal loss)
+        import chestxray.learn.models
 
         self.keras_model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
         self.classes: list[str] = list(context.model_config["classes"])
@@ -90,7 +90,7 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S) uint8 grey images → (N, k) float64 probabilities, rows summing to 1."""
-        from chestxray.models import predict_proba
+        from chestxray.learn.models import predict_proba
 
         return predict_proba(self.keras_model, np.asarray(images)[..., None])
 

@@ -14,10 +14,10 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from chestxray.config import MANIFEST_CSV, METRICS_DIR, SPLIT_CSV, SplitConfig
-from chestxray.duplicates import components, near_pairs
+from chestxray.data.duplicates import components, near_pairs
+from chestxray.data.layouts import label_counts
 from chestxray.errors import UserError
 from chestxray.io import write_csv, write_json
-from chestxray.layouts import label_counts
 
 log = logging.getLogger(__name__)
 

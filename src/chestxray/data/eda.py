@@ -17,15 +17,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
-from chestxray.images import load_gray  # noqa: E402
-from chestxray.io import atomic_path  # noqa: E402
-from chestxray.reports import DPI, save_figure  # noqa: E402
+from chestxray.data.images import load_gray
+from chestxray.io import atomic_path
+from chestxray.reports import DPI, save_figure
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Columns (``COLUMNS``): ``path`` (built from the root given, so relative roots stay relative),
 ``source_label`` (the label as the source writes it), ``patient_id``, ``sex``, ``age``, ``view``,
 ``mask_path``, ``source_split`` (strings, empty where the source has none) and ``in_metadata``
-(True/False where the source has per-image metadata, else empty). ``chestxray.labels`` maps
+(True/False where the source has per-image metadata, else empty). ``chestxray.data.labels`` maps
 ``source_label`` to the task's label later.
 """
 

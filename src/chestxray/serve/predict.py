@@ -12,7 +12,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from chestxray.errors import UserError
-from chestxray.serving import XrayClassifier, decode
+from chestxray.serve.serving import XrayClassifier, decode
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from chestxray import devices, tracking
-from chestxray.cache import cache_meta, load_split, make_dataset
+from chestxray import tracking
 from chestxray.config import AugmentConfig, Params, TrainConfig
+from chestxray.data.cache import cache_meta, load_split, make_dataset
 from chestxray.io import atomic_path, read_json, write_json
-from chestxray.models import SparseFocalLoss, build_model, is_pretrained, unfreeze_top
+from chestxray.learn import devices
+from chestxray.learn.models import SparseFocalLoss, build_model, is_pretrained, unfreeze_top
 from chestxray.reports import plot_history
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Any
 
 from scipy.stats import binomtest
 
-from chestxray.labels import COVID
+from chestxray.data.labels import COVID
 
 INTENDED_USE = (
     "Research on reproducible chest X-ray classifiers and comparison of backbones. It is not a medical "

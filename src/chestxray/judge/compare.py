@@ -15,8 +15,8 @@ from scipy.stats import binomtest
 
 from chestxray import tracking
 from chestxray.config import RANK_METRICS, CompareConfig
+from chestxray.data.labels import COVID
 from chestxray.io import atomic_path, write_json
-from chestxray.labels import COVID
 from chestxray.reports import leaderboard_markdown, plot_leaderboard
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from chestxray.backbones import BACKBONES, TRAINING_KEYS
-from chestxray.cache import make_dataset
 from chestxray.config import HeadConfig
+from chestxray.data.cache import make_dataset
 from chestxray.errors import UserError
+from chestxray.learn.backbones import BACKBONES, TRAINING_KEYS
 
 # Keras' default BatchNorm momentum (0.99) leaves the moving statistics near their initial values
 # for hundreds of steps; a small dataset gives a few dozen steps per epoch, and the model then

@@ -29,13 +29,13 @@ from chestxray.config import (
     DataConfig,
     ValidateConfig,
 )
-from chestxray.duplicates import find_duplicates
-from chestxray.eda import write_eda
+from chestxray.data.duplicates import find_duplicates
+from chestxray.data.eda import write_eda
+from chestxray.data.images import ImageInfo, inspect_all
+from chestxray.data.labels import TASKS, apply_task
+from chestxray.data.layouts import label_counts, read_layout
 from chestxray.errors import UserError
-from chestxray.images import ImageInfo, inspect_all
 from chestxray.io import atomic_path, write_csv, write_json
-from chestxray.labels import TASKS, apply_task
-from chestxray.layouts import label_counts, read_layout
 
 log = logging.getLogger(__name__)
 

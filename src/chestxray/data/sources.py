@@ -15,8 +15,8 @@ from typing import Any
 
 import requests
 
-from chestxray import synthetic
 from chestxray.config import DataConfig
+from chestxray.data import synthetic
 from chestxray.errors import UserError
 from chestxray.io import atomic_path, write_json
 

@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from chestxray import model_card, reports, serving, tracking
-from chestxray.cache import cache_meta, load_split
+from chestxray import reports, tracking
 from chestxray.config import EvaluateConfig
+from chestxray.data.cache import cache_meta, load_split
+from chestxray.data.labels import COVID
 from chestxray.errors import UserError
 from chestxray.io import atomic_path, read_json, write_csv, write_json
-from chestxray.labels import COVID
+from chestxray.judge import model_card
+from chestxray.serve import serving
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +257,8 @@ def evaluate_model(
     # and the focal loss that load_model needs.
     import keras
 
-    from chestxray import explain
-    from chestxray.models import predict_proba
+    from chestxray.judge import explain
+    from chestxray.learn.models import predict_proba
 
     run = read_json(model_dir / "run.json")
     classes = cache_meta(cache_dir)["classes"]

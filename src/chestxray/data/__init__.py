@@ -1,0 +1,1 @@
+"""The data: download, layouts, validation, EDA, split and the image cache."""

@@ -1,0 +1,1 @@
+"""Models and training: the backbone registry, Keras models, devices and the two-phase recipe."""
