@@ -75,13 +75,24 @@ def main() -> None:
         ours = make_dataset(x, y, batch, shuffle=True, seed=params.seed)
         augmented = make_dataset(x, y, batch, shuffle=True, seed=params.seed, augment=augment)
         folders = str(work / "folders")
-        reader = {"target_size": (size, size), "color_mode": "grayscale", "class_mode": "sparse", "batch_size": batch,
-                  "seed": params.seed, "interpolation": "bilinear"}
+        reader = {
+            "target_size": (size, size),
+            "color_mode": "grayscale",
+            "class_mode": "sparse",
+            "batch_size": batch,
+            "seed": params.seed,
+            "interpolation": "bilinear",
+        }
         generator = tf.keras.preprocessing.image.ImageDataGenerator().flow_from_directory(folders, **reader)
         cfg = params.train.augment  # the same augmentation, as far as ImageDataGenerator has it (no contrast)
         generator_augment = tf.keras.preprocessing.image.ImageDataGenerator(
-            rotation_range=cfg.rotation * 360, width_shift_range=cfg.shift, height_shift_range=cfg.shift,
-            shear_range=cfg.shear * 45, zoom_range=cfg.zoom, horizontal_flip=cfg.flip, fill_mode="constant",
+            rotation_range=cfg.rotation * 360,
+            width_shift_range=cfg.shift,
+            height_shift_range=cfg.shift,
+            shear_range=cfg.shear * 45,
+            zoom_range=cfg.zoom,
+            horizontal_flip=cfg.flip,
+            fill_mode="constant",
         ).flow_from_directory(folders, **reader)
         from_directory = tf.keras.utils.image_dataset_from_directory(
             folders, color_mode="grayscale", image_size=(size, size), batch_size=batch, shuffle=True, seed=params.seed
@@ -110,7 +121,9 @@ def main() -> None:
             for e in AMORTISED_EPOCHS
         },
         "speedup_vs_imagedatagenerator": round(rates["cache"] / rates["imagedatagenerator"], 2),
-        "speedup_vs_imagedatagenerator_both_augmenting": round(rates["cache_augment"] / rates["imagedatagenerator_augment"], 2),
+        "speedup_vs_imagedatagenerator_both_augmenting": round(
+            rates["cache_augment"] / rates["imagedatagenerator_augment"], 2
+        ),
         "speedup_vs_image_dataset_from_directory": round(rates["cache"] / rates["image_dataset_from_directory"], 2),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

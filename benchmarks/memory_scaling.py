@@ -90,10 +90,17 @@ def _write_cache(work: Path, n: int, raw: dict) -> int:
     labels = rng.choice(classes, size=n, p=shares)
     n_val, n_test = round(n * raw["split"]["val"]), round(n * raw["split"]["test"])
     split = np.repeat(SPLITS, [n - n_val - n_test, n_val, n_test])
-    table = pd.DataFrame({"path": [f"data/raw/{c}/{i}.png" for i, c in enumerate(labels)], "label": labels, "split": split})
+    table = pd.DataFrame(
+        {"path": [f"data/raw/{c}/{i}.png" for i, c in enumerate(labels)], "label": labels, "split": split}
+    )
     (work / SPLIT_CSV).parent.mkdir(parents=True)
     table.to_csv(work / SPLIT_CSV, index=False)
-    prepare_cache(work / SPLIT_CSV, work / CACHE_DIR, SIZE, load=lambda _, size: rng.integers(0, 256, (size, size), dtype=np.uint8))
+    prepare_cache(
+        work / SPLIT_CSV,
+        work / CACHE_DIR,
+        SIZE,
+        load=lambda _, size: rng.integers(0, 256, (size, size), dtype=np.uint8),
+    )
     return sum(f.stat().st_size for f in (work / CACHE_DIR).iterdir())
 
 
@@ -110,7 +117,9 @@ def _train(work: Path) -> tuple[float, int, int]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     start, peak_anon = time.perf_counter(), 0
     with open(work / "train.log", "wb") as out:
-        child = subprocess.Popen([sys.executable, str(ROOT / "stages/train.py")], cwd=work, env=env, stdout=out, stderr=out)
+        child = subprocess.Popen(
+            [sys.executable, str(ROOT / "stages/train.py")], cwd=work, env=env, stdout=out, stderr=out
+        )
     while True:
         pid, status, usage = os.wait4(child.pid, os.WNOHANG)  # the child's own rusage, not all children's
         if pid:
@@ -120,7 +129,9 @@ def _train(work: Path) -> tuple[float, int, int]:
     seconds = time.perf_counter() - start
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
-        sys.exit(f"train stage failed ({child.returncode}):\n" + (work / "train.log").read_text(errors="replace")[-3000:])
+        sys.exit(
+            f"train stage failed ({child.returncode}):\n" + (work / "train.log").read_text(errors="replace")[-3000:]
+        )
     return seconds, usage.ru_maxrss, peak_anon
 
 

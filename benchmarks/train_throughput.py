@@ -62,7 +62,9 @@ class _StepClock(keras.callbacks.Callback):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, help="images in the cache and in memory (default: as many as the longest run uses)")
+    parser.add_argument(
+        "--images", type=int, help="images in the cache and in memory (default: as many as the longest run uses)"
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run (frozen case: 4x)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
     parser.add_argument("--batch", type=int, default=32)
@@ -129,8 +131,15 @@ def _write_cache(work: Path, n: int, seed: int) -> Path:
     written by ``prepare_cache`` (no files to decode); return its folder."""
     rng = np.random.default_rng(seed)
     labels = [f"class{c}" for c in rng.integers(0, CLASSES, n)]
-    pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "label": labels, "split": "train"}).to_csv(work / "split.csv", index=False)
-    prepare_cache(work / "split.csv", work / "cache", SIZE, load=lambda _, size: rng.integers(0, 256, (size, size), dtype=np.uint8))
+    pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "label": labels, "split": "train"}).to_csv(
+        work / "split.csv", index=False
+    )
+    prepare_cache(
+        work / "split.csv",
+        work / "cache",
+        SIZE,
+        load=lambda _, size: rng.integers(0, 256, (size, size), dtype=np.uint8),
+    )
     return work / "cache"
 
 

@@ -50,7 +50,9 @@ def main() -> None:
         paths = list(read_layout(work / RAW_DIR)[0]["path"])
         serial = _rate(lambda: inspect_all(paths, workers=1), len(paths))
         parallel = _rate(lambda: inspect_all(paths), len(paths))
-        stage = _rate(lambda: validate_dataset(work / RAW_DIR, params.data, params.validate, params.seed, work), len(paths))
+        stage = _rate(
+            lambda: validate_dataset(work / RAW_DIR, params.data, params.validate, params.seed, work), len(paths)
+        )
     result = {
         "images": len(paths),
         "image_size": "299x299 PNG, 8-bit grey",

@@ -5,4 +5,6 @@ from chestxray.data.sources import fetch_dataset
 from chestxray.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage("download", lambda p: fetch_dataset(p.data, p.seed, RAW_DIR, DOWNLOADS_DIR, METRICS_DIR / "download.json"))
+    run_stage(
+        "download", lambda p: fetch_dataset(p.data, p.seed, RAW_DIR, DOWNLOADS_DIR, METRICS_DIR / "download.json")
+    )

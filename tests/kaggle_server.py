@@ -114,7 +114,9 @@ def _handler(stub: KaggleStub) -> type[BaseHTTPRequestHandler]:
 
         def _authorised(self) -> bool:
             given = self.headers.get("Authorization", "")
-            return stub.mode != "401" and (given == stub.basic or (bool(stub.token) and given == f"Bearer {stub.token}"))
+            return stub.mode != "401" and (
+                given == stub.basic or (bool(stub.token) and given == f"Bearer {stub.token}")
+            )
 
         def _json(self, status: int, payload: dict) -> None:
             data = json.dumps(payload).encode()

@@ -196,7 +196,9 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         near_duplicate_distance=p.integer("validate.near_duplicate_distance", low=0),
     )
     if validate.max_side < validate.min_side:
-        raise UserError(f"{where}: validate.max_side ({validate.max_side}) is below validate.min_side ({validate.min_side})")
+        raise UserError(
+            f"{where}: validate.max_side ({validate.max_side}) is below validate.min_side ({validate.min_side})"
+        )
     split = SplitConfig(
         val=p.fraction("split.val"), test=p.fraction("split.test"), use_source_split=p.boolean("split.use_source_split")
     )
@@ -210,7 +212,9 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         batch_size=p.integer("train.batch_size", low=1),
         weights=p.choice("train.weights", WEIGHTS),
         imbalance=p.choice("train.imbalance", IMBALANCE),
-        focal=FocalConfig(gamma=p.number("train.focal.gamma", low=0), alpha=p.focal_alpha("train.focal.alpha", TASKS[data.task])),
+        focal=FocalConfig(
+            gamma=p.number("train.focal.gamma", low=0), alpha=p.focal_alpha("train.focal.alpha", TASKS[data.task])
+        ),
         monitor=p.choice("train.monitor", MONITORS),
         patience=p.integer("train.patience", low=1),
         ema_momentum=p.fraction("train.ema_momentum", allow_zero=True),
@@ -236,7 +240,9 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
         calibration_bins=p.integer("evaluate.calibration_bins", low=2),
         gradcam_images=p.integer("evaluate.gradcam_images", low=1),
     )
-    compare = CompareConfig(metric=p.choice("compare.metric", RANK_METRICS), registered_model=p.text("compare.registered_model"))
+    compare = CompareConfig(
+        metric=p.choice("compare.metric", RANK_METRICS), registered_model=p.text("compare.registered_model")
+    )
     return Params(
         seed=p.integer("seed", low=0),
         model=model,
@@ -319,7 +325,9 @@ class _Reader:
         value = self.get(key) or {}
         allowed = (*CLASSES, None)
         if not isinstance(value, dict) or any(v not in allowed for v in value.values()):
-            raise self.fail(key, "a mapping of source label → one of " + ", ".join(CLASSES) + " (or null to leave it out)", value)
+            raise self.fail(
+                key, "a mapping of source label → one of " + ", ".join(CLASSES) + " (or null to leave it out)", value
+            )
         return {str(k): v for k, v in value.items()}
 
     def units(self, key: str) -> tuple[int, ...]:

@@ -87,8 +87,13 @@ def plot_roc(curves: dict[str, pd.DataFrame], aucs: dict[str, float | None], pat
         label = f"{name} (AUC = {auc:.3f})" if auc is not None else f"{name} (AUC n/a)"
         ax.plot(curve["fpr"], curve["tpr"], lw=2, label=label)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="Chance")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate (1 − specificity)",
-           ylabel="True positive rate (sensitivity)", title="ROC curves (one-vs-rest)")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="False positive rate (1 − specificity)",
+        ylabel="True positive rate (sensitivity)",
+        title="ROC curves (one-vs-rest)",
+    )
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -102,8 +107,13 @@ def plot_pr(curves: dict[str, pd.DataFrame], aps: dict[str, float | None], path:
         ap = aps.get(name)
         label = f"{name} (PR-AUC = {ap:.3f})" if ap is not None else f"{name} (PR-AUC n/a)"
         ax.step(curve["recall"], curve["precision"], where="post", lw=2, label=label)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="Recall (sensitivity)", ylabel="Precision",
-           title="Precision-recall curves (one-vs-rest)")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="Recall (sensitivity)",
+        ylabel="Precision",
+        title="Precision-recall curves (one-vs-rest)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     save_figure(fig, path)
@@ -115,14 +125,24 @@ def plot_reliability(table: pd.DataFrame, ece: float | None, path: Path) -> None
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 7), height_ratios=(3, 1), sharex=True, layout="constrained")
     width = table["high"] - table["low"]
     filled = table[table["count"] > 0]
-    top.bar(filled["low"], filled["accuracy"], width=width[filled.index], align="edge", alpha=0.7, edgecolor="black", label="accuracy")
+    top.bar(
+        filled["low"],
+        filled["accuracy"],
+        width=width[filled.index],
+        align="edge",
+        alpha=0.7,
+        edgecolor="black",
+        label="accuracy",
+    )
     top.plot(filled["confidence"], filled["accuracy"], "o-", color="tab:red", label="mean confidence → accuracy")
     top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     title = "Reliability diagram (top label)" + (f", ECE = {ece:.3f}" if ece is not None else "")
     top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="Accuracy", title=title)
     top.grid(alpha=0.3)
     top.legend(loc="upper left")
-    bottom.bar(table["low"], table["count"] / max(int(table["count"].sum()), 1), width=width, align="edge", edgecolor="black")
+    bottom.bar(
+        table["low"], table["count"] / max(int(table["count"].sum()), 1), width=width, align="edge", edgecolor="black"
+    )
     bottom.set(xlabel="Confidence (probability of the predicted class)", ylabel="Share of images")
     bottom.grid(alpha=0.3)
     save_figure(fig, path)
@@ -185,7 +205,9 @@ def leaderboard_markdown(
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for rank, row in enumerate(rows, start=1):
             mark = "★" if champion_run_id is not None and row.get("run_id") == champion_run_id else ""
-            lines.append("| " + " | ".join([mark, str(rank), *(_row_cell(row, key) for key, _ in LEADERBOARD_COLUMNS)]) + " |")
+            lines.append(
+                "| " + " | ".join([mark, str(rank), *(_row_cell(row, key) for key, _ in LEADERBOARD_COLUMNS)]) + " |"
+            )
     else:
         lines.append("_No runs yet._")
     for note in notes:
@@ -200,7 +222,9 @@ def plot_leaderboard(rows: Sequence[Mapping[str, Any]], metric: str, champion_ru
     n = len(rows)
     fig, ax = plt.subplots(figsize=(8, 1.6 + 0.38 * max(n, 1)), layout="constrained")
     values = np.array([row[metric] for row in rows], dtype=float)
-    lows, highs = (np.array([row.get(f"{metric}_{end}") for row in rows], dtype=float) for end in ("low", "high"))  # None → NaN
+    lows, highs = (
+        np.array([row.get(f"{metric}_{end}") for row in rows], dtype=float) for end in ("low", "high")
+    )  # None → NaN
     champion = [champion_run_id is not None and row.get("run_id") == champion_run_id for row in rows]
     y = np.arange(n)
     ax.barh(y, values, height=0.7, color=["tab:orange" if c else "tab:blue" for c in champion])
@@ -212,9 +236,17 @@ def plot_leaderboard(rows: Sequence[Mapping[str, Any]], metric: str, champion_ru
     for i, value in enumerate(values):
         ax.text(0.01, i, f"{value:.3f}", va="center", ha="left", color="white", fontsize=9, fontweight="bold")
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel=f"Test {metric}" + (" (error bars: 95 % CI)" if ci.any() else ""),
-           title=f"Leaderboard by test {metric}" + ("" if n else ": no evaluated runs yet"))
+    ax.set(
+        xlim=(0, 1),
+        xlabel=f"Test {metric}" + (" (error bars: 95 % CI)" if ci.any() else ""),
+        title=f"Leaderboard by test {metric}" + ("" if n else ": no evaluated runs yet"),
+    )
     ax.grid(axis="x", alpha=0.3)
     if any(champion):
-        ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color="tab:orange")], labels=["champion"], loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.legend(
+            handles=[plt.Rectangle((0, 0), 1, 1, color="tab:orange")],
+            labels=["champion"],
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1),
+        )
     save_figure(fig, path)

@@ -35,7 +35,9 @@ STAGES = ["download", "validate", "split", "prepare", "train", "evaluate", "comp
 def run(repo: Path, *args: str, timeout: int = 900) -> tuple[int, str]:
     """Run a command in ``repo`` with the test venv first on PATH; return (exit code, output)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", KERAS_HOME=str(KERAS_HOME), DVC_NO_ANALYTICS="1")
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", KERAS_HOME=str(KERAS_HOME), DVC_NO_ANALYTICS="1"
+    )
     done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     return done.returncode, done.stdout + done.stderr
 
@@ -65,7 +67,11 @@ def set_params(path: Path, values: dict) -> None:
 def clean_copy(root: Path) -> Path:
     """Copy the project's files into ``root`` as a new git repo (no results, no lock file)."""
     listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for name in filter(None, listed):
         source = REPO / name
@@ -102,10 +108,18 @@ def test_repro_runs_the_chain_and_learns(repo, first_repro):
     # evaluate reads the test split and the data records for the model card; train logs the data
     # stages' records to MLflow as provenance
     assert edges - set(zip(STAGES, STAGES[1:])) == {
-        ("prepare", "evaluate"), ("split", "evaluate"), ("download", "evaluate"), ("download", "train"), ("validate", "train")
+        ("prepare", "evaluate"),
+        ("split", "evaluate"),
+        ("download", "evaluate"),
+        ("download", "train"),
+        ("validate", "train"),
     }
     validate, split, evaluate = metrics(repo, "validate"), metrics(repo, "split"), metrics(repo, "evaluate")
-    assert validate["raw"] == validate["clean"] == {"COVID": 171, "Lung_Opacity": 284, "Normal": 482, "Viral Pneumonia": 63}
+    assert (
+        validate["raw"]
+        == validate["clean"]
+        == {"COVID": 171, "Lung_Opacity": 284, "Normal": 482, "Viral Pneumonia": 63}
+    )
     assert validate["rejected"] == {} and validate["gate"]["passed"] is True
     assert validate["duplicates"] == {"exact_groups": 0, "near_groups": 0, "grouped_images": 0}
     assert validate["expectations"] == {"evaluated": 13, "failed": 0}
@@ -122,8 +136,15 @@ def test_repro_runs_the_chain_and_learns(repo, first_repro):
     assert compare["n_runs"] == 1 and compare["best"]["run_id"] == evaluate["run_id"]
     assert compare["champion"]["run_id"] == evaluate["run_id"] and compare["champion"]["moved"] is True
     assert compare["mcnemar"] is None  # one run
-    for png in ("train/curves.png", "evaluate/confusion.png", "evaluate/roc.png", "evaluate/pr.png", "evaluate/reliability.png",
-                "gradcam/COVID.png", "leaderboard.png"):
+    for png in (
+        "train/curves.png",
+        "evaluate/confusion.png",
+        "evaluate/roc.png",
+        "evaluate/pr.png",
+        "evaluate/reliability.png",
+        "gradcam/COVID.png",
+        "leaderboard.png",
+    ):
         assert (repo / "reports" / png).stat().st_size > 5000, png
     assert evaluate["data_version"] in (repo / "reports" / "model_card.md").read_text()
 
@@ -137,14 +158,22 @@ def test_mlflow_has_the_run_with_params_metrics_model(repo, first_repro):
     experiment = client.get_experiment_by_name("chestxray").experiment_id
     [validate] = client.search_runs([experiment], "tags.stage = 'validate'")
     assert validate.data.metrics["clean.Normal"] == metrics(repo, "validate")["clean"]["Normal"]
-    assert {"eda/index.html", "validation/index.html"} <= {a.path for d in ("eda", "validation") for a in client.list_artifacts(validate.info.run_id, d)}
+    assert {"eda/index.html", "validation/index.html"} <= {
+        a.path for d in ("eda", "validation") for a in client.list_artifacts(validate.info.run_id, d)
+    }
     [run] = client.search_runs([experiment], "tags.stage = 'train'")
     assert run.info.run_id == metrics(repo, "evaluate")["run_id"]
     assert run.data.params["model"] == "cnn" and run.data.params["data.synthetic.n_images"] == "1000"
     assert run.data.metrics["test.macro_f1"] == pytest.approx(metrics(repo, "evaluate")["macro_f1"])
     assert run.data.tags["data_version"] == metrics(repo, "split")["data_version"]
     assert run.data.tags["mlflow.source.git.commit"] == sh(repo, "git", "rev-parse", "HEAD").strip()
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"data", "evaluate", "gradcam", "model_card.md", "train"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "data",
+        "evaluate",
+        "gradcam",
+        "model_card.md",
+        "train",
+    }
     assert run.data.tags["data.source"] == "synthetic" and "data.slug" not in run.data.tags
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     model = mlflow.models.get_model_info("models:/chestxray@champion")  # the pyfunc model evaluate logged
@@ -159,7 +188,18 @@ def test_predict_uses_the_champion(repo, first_repro, tmp_path):
     """Before any experiment changes the workspace: the champion is the model of the last repro,
     and predict gives what evaluate saw for the same test image."""
     [expected] = pd.read_csv(repo / "reports" / "evaluate" / "predictions.csv").head(1).to_dict("records")
-    sh(repo, "python", "-m", "chestxray", "predict", expected["path"], "--format", "json", "--output", str(tmp_path / "out.json"))
+    sh(
+        repo,
+        "python",
+        "-m",
+        "chestxray",
+        "predict",
+        expected["path"],
+        "--format",
+        "json",
+        "--output",
+        str(tmp_path / "out.json"),
+    )
     [row] = json.loads((tmp_path / "out.json").read_text())
     classes = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
     assert set(row) == {"path", *(f"p_{c}" for c in classes), "predicted"} and row["path"] == expected["path"]
@@ -170,7 +210,9 @@ def test_predict_uses_the_champion(repo, first_repro, tmp_path):
 def test_exp_run_with_another_model_reruns_only_train_evaluate_compare(repo, first_repro):
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline results")
-    output = sh(repo, "dvc", "exp", "run", "-S", "model=efficientnetb0", "-S", "train.epochs=1", "-S", "train.imbalance=focal")
+    output = sh(
+        repo, "dvc", "exp", "run", "-S", "model=efficientnetb0", "-S", "train.epochs=1", "-S", "train.imbalance=focal"
+    )
     assert ran(output) == ["train", "evaluate", "compare"]
     assert json.loads((repo / "models" / "run.json").read_text())["model"] == "efficientnetb0"
     compare = metrics(repo, "compare")
@@ -193,7 +235,9 @@ def test_bad_model_fails_in_one_line_and_writes_nothing(repo, first_repro):
         code, output = run(repo, "python", "stages/train.py")
         errors = [line for line in output.splitlines() if " ERROR " in line]
         assert code == 1 and len(errors) == 1 and "Traceback" not in output
-        assert errors[0].endswith("train: params.yaml: model must be one of " + ", ".join(BACKBONES) + ", got 'alexnet'")
+        assert errors[0].endswith(
+            "train: params.yaml: model must be one of " + ", ".join(BACKBONES) + ", got 'alexnet'"
+        )
     finally:
         params.write_text(original)
     assert {name: (repo / "metrics" / f"{name}.json").read_bytes() for name in downstream} == downstream
@@ -236,7 +280,9 @@ def test_exp_run_on_kaggle_downloads_with_the_real_client_and_runs_everything(tm
         monkeypatch.setenv("KAGGLE_API_ENDPOINT", stub.url)
         monkeypatch.setenv("KAGGLE_USERNAME", USER)
         monkeypatch.setenv("KAGGLE_KEY", key)
-        output = sh(project, "dvc", "exp", "run", "-S", "data.source=kaggle", "-S", "data.task=3class", "-S", "train.epochs=3")
+        output = sh(
+            project, "dvc", "exp", "run", "-S", "data.source=kaggle", "-S", "data.task=3class", "-S", "train.epochs=3"
+        )
     assert ran(output) == STAGES
     download, validate = metrics(project, "download"), metrics(project, "validate")
     assert download["slug"] == SLUG and download["version"] == stub.version

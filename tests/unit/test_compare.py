@@ -81,7 +81,11 @@ def log_run(
 def run_compare(tmp_path: Path, version: str = "v1", metric: str = "macro_f1") -> dict:
     """The compare stage on ``version``, writing into ``tmp_path``."""
     return compare_runs(
-        version, CompareConfig(metric, NAME), tmp_path / "compare.json", tmp_path / "leaderboard.md", tmp_path / "leaderboard.png"
+        version,
+        CompareConfig(metric, NAME),
+        tmp_path / "compare.json",
+        tmp_path / "leaderboard.md",
+        tmp_path / "leaderboard.png",
     )
 
 
@@ -115,10 +119,27 @@ def test_compare_ranks_evaluated_runs_of_the_same_data_version(mlflow_store, tmp
         summary = run_compare(tmp_path)
     assert summary["n_runs"] == 2
     assert [r["run_id"] for r in summary["leaderboard"]] == [b, a]
-    assert summary["best"] == {"run_id": b, "run_name": summary["leaderboard"][0]["run_name"], "model": "vgg19", "macro_f1": 0.82}
+    assert summary["best"] == {
+        "run_id": b,
+        "run_name": summary["leaderboard"][0]["run_name"],
+        "model": "vgg19",
+        "macro_f1": 0.82,
+    }
     row = summary["leaderboard"][0]
-    assert (row["covid_sensitivity"], row["covid_specificity"], row["epochs"], row["params"], row["model_mb"]) == (0.9, 0.8, 3, 1234, 4.2)
-    assert (row["weights"], row["image_size"], row["imbalance"], row["ece"], row["train_seconds"]) == ("none", "64", "class_weight", 0.04, 12.5)
+    assert (row["covid_sensitivity"], row["covid_specificity"], row["epochs"], row["params"], row["model_mb"]) == (
+        0.9,
+        0.8,
+        3,
+        1234,
+        4.2,
+    )
+    assert (row["weights"], row["image_size"], row["imbalance"], row["ece"], row["train_seconds"]) == (
+        "none",
+        "64",
+        "class_weight",
+        0.04,
+        12.5,
+    )
     assert row["macro_f1_low"] == pytest.approx(0.765) and row["macro_f1_high"] == pytest.approx(0.867)
     assert row["accuracy_low"] is None and row["balanced_accuracy"] is None
     # no logged model: nothing registered, no champion; no predictions: no McNemar
@@ -166,14 +187,26 @@ def test_mcnemar_counts_discordant_images_and_gives_the_exact_p_value():
     first = [True] * 7 + [False] + [True] * 10 + [False] * 2
     second = [False] * 7 + [True] + [True] * 10 + [False] * 2
     result = mcnemar(predictions(first), predictions(second).iloc[::-1])  # joined on path, not row order
-    assert result == {"n": 20, "a_only_correct": 7, "b_only_correct": 1, "p_value": pytest.approx(0.0703125), "significant": False}
+    assert result == {
+        "n": 20,
+        "a_only_correct": 7,
+        "b_only_correct": 1,
+        "p_value": pytest.approx(0.0703125),
+        "significant": False,
+    }
     # 2 · Σ_{i ≤ 1} C(8, i) / 2^8 = 2 · 9 / 256
     assert result["p_value"] == pytest.approx(2 * 9 / 256, abs=1e-12)
 
 
 def test_mcnemar_significant_when_only_one_model_is_ever_right_alone():
     result = mcnemar(predictions([True] * 12), predictions([False] * 10 + [True] * 2))
-    assert result == {"n": 12, "a_only_correct": 10, "b_only_correct": 0, "p_value": pytest.approx(2 / 1024), "significant": True}
+    assert result == {
+        "n": 12,
+        "a_only_correct": 10,
+        "b_only_correct": 0,
+        "p_value": pytest.approx(2 / 1024),
+        "significant": True,
+    }
 
 
 def test_mcnemar_with_no_discordant_image_is_p_one():
@@ -282,7 +315,12 @@ def test_compare_json_leaderboard_and_chart(mlflow_store, tmp_path):
         "significant": False,
     }
     assert {k: summary["champion"][k] for k in ("name", "version", "run_id", "model", "value", "moved")} == {
-        "name": NAME, "version": 1, "run_id": a, "model": "resnet50", "value": 0.884, "moved": True,
+        "name": NAME,
+        "version": 1,
+        "run_id": a,
+        "model": "resnet50",
+        "value": 0.884,
+        "moved": True,
     }
     board = (tmp_path / "leaderboard.md").read_text()
     assert f"`chestxray@champion` → version 1, run {names[a]} (`{a}`" in board
@@ -320,14 +358,24 @@ def row(run_id: str, name: str, macro_f1: float | None, low: float | None = None
 
 
 def test_leaderboard_markdown() -> None:
-    rows = [row("r2", "second-run", 0.5, 0.41, 0.6), row("r1", "first-run", None, 0.1, 0.2), row("r3", "third-run", 0.25)]
+    rows = [
+        row("r2", "second-run", 0.5, 0.41, 0.6),
+        row("r1", "first-run", None, 0.1, 0.2),
+        row("r3", "third-run", 0.25),
+    ]
     text = leaderboard_markdown(rows, "r1", "Intro.", ["A note."])
     assert text.startswith("# Leaderboard\n\nIntro.\n") and text.endswith("\n\nA note.\n")
     lines = [line for line in text.splitlines() if line.startswith("| ")][1:]  # skip header
     assert len(lines) == 3
-    assert [next(n for n in ("second", "first", "third") if n in line) for line in lines] == ["second", "first", "third"]
+    assert [next(n for n in ("second", "first", "third") if n in line) for line in lines] == [
+        "second",
+        "first",
+        "third",
+    ]
     assert "| 0.500 [0.410, 0.600] | 0.912 |" in lines[0] and "| 12.346 |" in lines[0] and "| 94.700 |" in lines[0]
-    assert "| – | 0.912 | – | – | – |" in lines[1]  # None macro F1 (its CI not shown), no balanced acc. / weighted F1, NaN ROC-AUC
+    assert (
+        "| – | 0.912 | – | – | – |" in lines[1]
+    )  # None macro F1 (its CI not shown), no balanced acc. / weighted F1, NaN ROC-AUC
     assert "| 0.800 | – | – |" in lines[1]  # None COVID specificity, no ECE
     assert "| 0.250 | 0.912 |" in lines[2]  # no CI
     assert lines[1].startswith("| ★ | 2 |") and "★" not in lines[0] + lines[2]

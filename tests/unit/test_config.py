@@ -26,12 +26,28 @@ def test_repository_params_are_valid(params):
     ("key", "value", "message"),
     [
         ("model", "alexnet", "model must be one of " + ", ".join(BACKBONES) + ", got 'alexnet'"),
-        ("train.imbalance", "smote", "train.imbalance must be one of none, class_weight, oversample, focal, got 'smote'"),
-        ("train.focal.alpha", {"COVID": 1}, "train.focal.alpha must be 'balanced' or a weight > 0 for each class: COVID, Lung_Opacity, Normal, Viral Pneumonia, got {'COVID': 1}"),
+        (
+            "train.imbalance",
+            "smote",
+            "train.imbalance must be one of none, class_weight, oversample, focal, got 'smote'",
+        ),
+        (
+            "train.focal.alpha",
+            {"COVID": 1},
+            "train.focal.alpha must be 'balanced' or a weight > 0 for each class: COVID, Lung_Opacity, Normal, Viral Pneumonia, got {'COVID': 1}",
+        ),
         ("train.focal.gamma", -1, "train.focal.gamma must be a number >= 0, got -1"),
-        ("train.head.dense", [256, 0], "train.head.dense must be a list of layer widths (integers >= 1), e.g. [] or [256], got [256, 0]"),
+        (
+            "train.head.dense",
+            [256, 0],
+            "train.head.dense must be a list of layer widths (integers >= 1), e.g. [] or [256], got [256, 0]",
+        ),
         ("train.head.dropout", 1.0, "train.head.dropout must be a fraction in [0, 1), got 1.0"),
-        ("train.mixed_precision", "fp16", "train.mixed_precision must be one of auto, float32, mixed_float16, mixed_bfloat16, got 'fp16'"),
+        (
+            "train.mixed_precision",
+            "fp16",
+            "train.mixed_precision must be one of auto, float32, mixed_float16, mixed_bfloat16, got 'fp16'",
+        ),
         ("train.distribute", "tpu", "train.distribute must be one of auto, none, mirrored, got 'tpu'"),
         ("train.augment.shear", 2.0, "train.augment.shear must be a fraction in [0, 1), got 2.0"),
         ("data.source", "s3", "data.source must be one of synthetic, kaggle, local, got 's3'"),
@@ -87,5 +103,7 @@ def test_flatten():
 def test_focal_alpha_per_class_follows_the_task():
     cfg = make_params(**{"data.task": "binary", "train.focal.alpha": {"COVID": 3, "non-COVID": 1}}).train
     assert cfg.focal.alpha == {"COVID": 3.0, "non-COVID": 1.0}
-    with pytest.raises(UserError, match=r"train.focal.alpha must be 'balanced' or a weight > 0 for each class: COVID, non-COVID"):
+    with pytest.raises(
+        UserError, match=r"train.focal.alpha must be 'balanced' or a weight > 0 for each class: COVID, non-COVID"
+    ):
         make_params(**{"data.task": "binary", "train.focal.alpha": {"COVID": 3, "Normal": 1}})

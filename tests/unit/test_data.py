@@ -26,7 +26,7 @@ def test_gray_conversion_of_odd_modes(tmp_path):
     rgba = np.zeros((20, 30, 4), np.uint8)
     rgba[..., :3], rgba[..., 3] = 200, 255
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
-    deep = (np.arange(600, dtype=np.uint16).reshape(20, 30) * 6)  # 12-bit range
+    deep = np.arange(600, dtype=np.uint16).reshape(20, 30) * 6  # 12-bit range
     Image.fromarray(deep).save(tmp_path / "deep.png")
     assert inspect(tmp_path / "deep.png").mode.startswith("I")
     assert (load_gray(tmp_path / "rgba.png", 16) == 200).all()

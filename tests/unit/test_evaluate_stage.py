@@ -32,24 +32,76 @@ def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store
     with tracking.run(tracking.run_tags("cnn", meta["data_version"])) as run_id:
         pass
     run = {"run_id": run_id, "model": "cnn", "weights": "none", "imbalance": "class_weight"}
-    write_json(models / "run.json", {**run, "classes": meta["classes"], "image_size": 32, "data_version": meta["data_version"]})
-    counts = {s: {c: int(n) for c, n in zip(meta["classes"], np.bincount(load_split(cache_dir, s)[1], minlength=4), strict=True)} for s in ("train", "val", "test")}
-    write_json(metrics_dir / "split.json", {"counts": counts, "data_version": meta["data_version"], "groups": 160, "leakage": {"exact_pairs": 0, "near_pairs": 0}})
-    write_json(metrics_dir / "train.json", {"best_epoch": 6, "best_val_loss": 0.9, "best_val_accuracy": 0.6, "epochs_run": 8, "params": 1234, "train_seconds": 1.0, "model_mb": 0.1})
+    write_json(
+        models / "run.json", {**run, "classes": meta["classes"], "image_size": 32, "data_version": meta["data_version"]}
+    )
+    counts = {
+        s: {
+            c: int(n)
+            for c, n in zip(meta["classes"], np.bincount(load_split(cache_dir, s)[1], minlength=4), strict=True)
+        }
+        for s in ("train", "val", "test")
+    }
+    write_json(
+        metrics_dir / "split.json",
+        {
+            "counts": counts,
+            "data_version": meta["data_version"],
+            "groups": 160,
+            "leakage": {"exact_pairs": 0, "near_pairs": 0},
+        },
+    )
+    write_json(
+        metrics_dir / "train.json",
+        {
+            "best_epoch": 6,
+            "best_val_loss": 0.9,
+            "best_val_accuracy": 0.6,
+            "epochs_run": 8,
+            "params": 1234,
+            "train_seconds": 1.0,
+            "model_mb": 0.1,
+        },
+    )
     write_json(metrics_dir / "download.json", {"source": "synthetic", "files": 320, "bytes": 1})
     metrics = evaluate_model(CFG, 42, models, cache_dir, metrics_dir, tmp_path / "reports")
-    return {"metrics": metrics, "root": tmp_path, "run_id": run_id, "classes": meta["classes"], "model": models / "model.keras"}
+    return {
+        "metrics": metrics,
+        "root": tmp_path,
+        "run_id": run_id,
+        "classes": meta["classes"],
+        "model": models / "model.keras",
+    }
 
 
 def test_evaluate_writes_every_metric_with_cis_and_the_operating_point(evaluated, cache_dir):
     m = evaluated["metrics"]
     assert read_json(evaluated["root"] / "metrics" / "evaluate.json") == m
-    for key in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_precision",
-                "weighted_recall", "weighted_f1", "roc_auc_macro", "pr_auc_macro", "log_loss", "ece", "n", "data_version", "run_id"):
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "weighted_precision",
+        "weighted_recall",
+        "weighted_f1",
+        "roc_auc_macro",
+        "pr_auc_macro",
+        "log_loss",
+        "ece",
+        "n",
+        "data_version",
+        "run_id",
+    ):
         assert m[key] is not None, key
     assert set(m["per_class"]["COVID"]) == {"precision", "recall", "specificity", "f1", "support", "roc_auc", "pr_auc"}
-    point = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "covid_sensitivity": m["per_class"]["COVID"]["recall"],
-             "covid_specificity": m["per_class"]["COVID"]["specificity"]}
+    point = {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "covid_sensitivity": m["per_class"]["COVID"]["recall"],
+        "covid_specificity": m["per_class"]["COVID"]["specificity"],
+    }
     for name, value in point.items():
         assert m["ci"][name]["low"] <= value <= m["ci"][name]["high"], name
     # the threshold reaches the target on the validation split, recomputed from the saved model
@@ -60,7 +112,14 @@ def test_evaluate_writes_every_metric_with_cis_and_the_operating_point(evaluated
     op = m["operating_point"]
     assert np.mean(p_covid[y_val == 0] >= op["threshold"]) == pytest.approx(op["val_sensitivity"])
     assert op["val_sensitivity"] >= 0.95
-    assert set(op) == {"threshold", "target_sensitivity", "val_sensitivity", "val_specificity", "sensitivity", "specificity"}
+    assert set(op) == {
+        "threshold",
+        "target_sensitivity",
+        "val_sensitivity",
+        "val_specificity",
+        "sensitivity",
+        "specificity",
+    }
 
 
 def test_evaluate_writes_tables_plots_gallery_and_card(evaluated):
@@ -69,7 +128,9 @@ def test_evaluate_writes_tables_plots_gallery_and_card(evaluated):
     m = evaluated["metrics"]
     assert len(table) == m["n"]
     prob = table[[f"p_{c}" for c in evaluated["classes"]]].to_numpy()
-    decided = np.asarray(evaluated["classes"])[serving.decide(prob, evaluated["classes"], m["operating_point"]["threshold"])]
+    decided = np.asarray(evaluated["classes"])[
+        serving.decide(prob, evaluated["classes"], m["operating_point"]["threshold"])
+    ]
     assert table["predicted_at_threshold"].tolist() == decided.tolist()
     assert pd.read_csv(out / "evaluate" / "reliability.csv")["count"].sum() == m["n"]
     for name in ("confusion", "roc", "pr", "reliability"):
@@ -95,6 +156,11 @@ def test_evaluate_logs_everything_and_the_servable_model_to_the_run(evaluated, m
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"evaluate", "gradcam", "model_card.md"} <= top
     files = {a.path for a in client.list_artifacts(run_id, "evaluate")}
-    assert {"evaluate/predictions.csv", "evaluate/reliability.png", "evaluate/pr.png", "evaluate/confusion.png"} <= files
+    assert {
+        "evaluate/predictions.csv",
+        "evaluate/reliability.png",
+        "evaluate/pr.png",
+        "evaluate/confusion.png",
+    } <= files
     model = serving.load(f"runs:/{run_id}/model")
     assert model.threshold == pytest.approx(m["operating_point"]["threshold"]) and model.classes == evaluated["classes"]

@@ -256,13 +256,19 @@ def val_set() -> tuple[np.ndarray, np.ndarray]:
     return y, np.column_stack([scores, 1 - scores])
 
 
-@pytest.mark.parametrize(("target", "threshold", "val_spec"), [(0.8, 0.4, 3 / 4), (0.6, 0.7, 1.0), (1.0, 0.2, 1 / 2), (0.95, 0.2, 1 / 2)])
-def test_operating_point_is_the_highest_threshold_reaching_the_target_on_validation(target, threshold, val_spec) -> None:
+@pytest.mark.parametrize(
+    ("target", "threshold", "val_spec"), [(0.8, 0.4, 3 / 4), (0.6, 0.7, 1.0), (1.0, 0.2, 1 / 2), (0.95, 0.2, 1 / 2)]
+)
+def test_operating_point_is_the_highest_threshold_reaching_the_target_on_validation(
+    target, threshold, val_spec
+) -> None:
     y_val, prob_val = val_set()
     # test: COVID scores 0.5, 0.3 (positives), 0.45, 0.1 (negatives)
     test_scores = np.array([0.5, 0.3, 0.45, 0.1])
     y_test = np.array([0, 0, 1, 1])
-    op = operating_point(y_val, prob_val, y_test, np.column_stack([test_scores, 1 - test_scores]), ["COVID", "non-COVID"], target)
+    op = operating_point(
+        y_val, prob_val, y_test, np.column_stack([test_scores, 1 - test_scores]), ["COVID", "non-COVID"], target
+    )
     assert op["threshold"] == approx(threshold)
     assert op["val_sensitivity"] >= target and op["val_specificity"] == approx(val_spec)
     assert op["sensitivity"] == approx(np.mean(test_scores[:2] >= threshold))

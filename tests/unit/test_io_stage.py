@@ -42,7 +42,9 @@ def test_stage_edge_reports_user_errors_in_one_line(tmp_path, monkeypatch, caplo
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
         run_stage("train", lambda params: None)
     assert exit_.value.code == 1
-    assert [r.getMessage() for r in caplog.records] == ["params.yaml: missing key 'model'; add it (see the README's params table)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "params.yaml: missing key 'model'; add it (see the README's params table)"
+    ]
 
     def broken(params):
         raise UserError("data/raw: unknown dataset layout")

@@ -56,7 +56,9 @@ def test_download_stage_output_is_the_sample_byte_for_byte(kaggle, radiography_z
     params["data"]["source"] = "kaggle"
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run([sys.executable, str(REPO / "stages/download.py")], cwd=work, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "stages/download.py")], cwd=work, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert files(work / "data/raw") == files(radiography_sample)
     metrics = json.loads((work / "metrics/download.json").read_text())
@@ -116,7 +118,9 @@ def test_a_cut_download_fails_clearly_and_the_next_run_resumes(kaggle, radiograp
     kaggle.mode = "cut"
     dest, downloads = tmp_path / "raw", tmp_path / "downloads"
     dest.mkdir()
-    with pytest.raises(UserError, match=r"'tawsifurrahman/covid19-radiography-database' was cut .* the next run resumes"):
+    with pytest.raises(
+        UserError, match=r"'tawsifurrahman/covid19-radiography-database' was cut .* the next run resumes"
+    ):
         download_kaggle(SLUG, dest, downloads, retries=0)
     assert list(dest.iterdir()) == []
     (partial,) = downloads.glob("*.zip.part")
@@ -134,7 +138,10 @@ def test_a_cut_download_fails_clearly_and_the_next_run_resumes(kaggle, radiograp
     [
         ("401", r"Kaggle refused the credentials \(HTTP 401\).*KAGGLE_USERNAME and KAGGLE_KEY"),
         ("403", r"denied access to 'tawsifurrahman/covid19-radiography-database' \(HTTP 403\): .*accept its terms"),
-        ("404", r"dataset 'tawsifurrahman/covid19-radiography-database' not found \(HTTP 404\); set data.kaggle.dataset"),
+        (
+            "404",
+            r"dataset 'tawsifurrahman/covid19-radiography-database' not found \(HTTP 404\); set data.kaggle.dataset",
+        ),
         ("corrupt", r"member '.*\.png' is corrupt; it was deleted, so the next run downloads it afresh"),
         ("truncated", r"not a valid zip archive .*; it was deleted, so the next run downloads it afresh"),
     ],

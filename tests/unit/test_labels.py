@@ -14,7 +14,16 @@ from conftest import make_params
 
 RADIOGRAPHY = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 IMAGE_DATASET = ["Covid", "Normal", "Viral Pneumonia"]
-IEEE8023 = ["COVID-19", "COVID-19, ARDS", "No Finding", "todo", "Unknown", "SARS", "Streptococcus", "Pneumonia/Viral/Influenza"]
+IEEE8023 = [
+    "COVID-19",
+    "COVID-19, ARDS",
+    "No Finding",
+    "todo",
+    "Unknown",
+    "SARS",
+    "Streptococcus",
+    "Pneumonia/Viral/Influenza",
+]
 ACTUALMED = ["COVID-19", "No finding", ""]
 
 
@@ -46,9 +55,13 @@ def test_label_map_wins_matched_exactly_or_normalised():
 
 
 def test_apply_task_keeps_mapped_rows_and_reports_the_rest():
-    table = pd.DataFrame({"path": [f"{i}.png" for i in range(7)], "source_label": ["Covid"] * 3 + ["Normal"] * 2 + ["todo", ""]})
+    table = pd.DataFrame(
+        {"path": [f"{i}.png" for i in range(7)], "source_label": ["Covid"] * 3 + ["Normal"] * 2 + ["todo", ""]}
+    )
     kept, report = apply_task(table, "3class", {})
-    assert list(kept["label"]) == ["COVID"] * 3 + ["Normal"] * 2 and list(kept["path"]) == [f"{i}.png" for i in range(5)]
+    assert list(kept["label"]) == ["COVID"] * 3 + ["Normal"] * 2 and list(kept["path"]) == [
+        f"{i}.png" for i in range(5)
+    ]
     assert report == {
         "name": "3class",
         "classes": ["COVID", "Normal"],
@@ -59,7 +72,9 @@ def test_apply_task_keeps_mapped_rows_and_reports_the_rest():
 
 def test_a_task_the_labels_cannot_serve_is_a_clear_error():
     table = pd.DataFrame({"path": ["a.png", "b.png"], "source_label": ["cats", "dogs"]})
-    with pytest.raises(UserError, match=r"data.task 4class: the dataset's labels \['cats', 'dogs'\] give 0 of .*data.label_map"):
+    with pytest.raises(
+        UserError, match=r"data.task 4class: the dataset's labels \['cats', 'dogs'\] give 0 of .*data.label_map"
+    ):
         apply_task(table, "4class", {})
     kept, _ = apply_task(table, "binary", {"cats": "COVID", "dogs": "Normal"})
     assert list(kept["label"]) == ["COVID", "non-COVID"]
@@ -69,7 +84,12 @@ def test_a_task_the_labels_cannot_serve_is_a_clear_error():
     ("sample", "task", "clean", "excluded"),
     [
         ("covid19-radiography-sample", "binary", {"COVID": 30, "non-COVID": 81}, {}),
-        ("covid19-radiography-sample", "3class", {"COVID": 30, "Normal": 30, "Viral Pneumonia": 22}, {"Lung_Opacity": 29}),
+        (
+            "covid19-radiography-sample",
+            "3class",
+            {"COVID": 30, "Normal": 30, "Viral Pneumonia": 22},
+            {"Lung_Opacity": 29},
+        ),
         ("covid19-image-dataset-sample", "3class", {"COVID": 16, "Normal": 10, "Viral Pneumonia": 10}, {}),
         ("actualmed-sample", "binary", {"COVID": 3, "non-COVID": 3}, {}),
         ("covid-chestxray-dataset-sample", "binary", {"COVID": 16, "non-COVID": 24}, {"todo": 4, "Unknown": 1}),

@@ -73,8 +73,12 @@ def test_covid19_image_dataset_sample_matches_notes(shared):
     assert recon == {}
     counts = Counter(zip(table["source_split"], table["source_label"]))
     assert counts == {
-        ("train", "Covid"): 10, ("train", "Normal"): 6, ("train", "Viral Pneumonia"): 6,
-        ("test", "Covid"): 6, ("test", "Normal"): 4, ("test", "Viral Pneumonia"): 4,
+        ("train", "Covid"): 10,
+        ("train", "Normal"): 6,
+        ("train", "Viral Pneumonia"): 6,
+        ("test", "Covid"): 6,
+        ("test", "Normal"): 4,
+        ("test", "Viral Pneumonia"): 4,
     }
     assert Counter(table["path"]) == Counter(_files(root / "Covid19-dataset"))  # every file once, nothing else
     for path, split, label in zip(table["path"], table["source_split"], table["source_label"]):
@@ -99,10 +103,25 @@ def test_ieee8023_sample_matches_notes_and_csv(shared):
     assert recon == {**EMPTY_RECON, "matched": 45, "rows_not_image": 0, "rows_other_modality": 0}
     assert len(table) == 45
     assert Counter(table["source_label"]) == {
-        "COVID-19": 14, "No Finding": 6, "todo": 4, "COVID-19, ARDS": 2, "SARS": 2, "Pneumocystis": 2,
-        "Streptococcus": 2, "Pneumonia": 2, "ARDS": 1, "Bacterial": 1, "Chlamydophila": 1, "E.Coli": 1,
-        "Influenza": 1, "Klebsiella": 1, "Legionella": 1, "Lipoid": 1, "Mycoplasma Bacterial Pneumonia": 1,
-        "Unknown": 1, "Varicella": 1,
+        "COVID-19": 14,
+        "No Finding": 6,
+        "todo": 4,
+        "COVID-19, ARDS": 2,
+        "SARS": 2,
+        "Pneumocystis": 2,
+        "Streptococcus": 2,
+        "Pneumonia": 2,
+        "ARDS": 1,
+        "Bacterial": 1,
+        "Chlamydophila": 1,
+        "E.Coli": 1,
+        "Influenza": 1,
+        "Klebsiella": 1,
+        "Legionella": 1,
+        "Lipoid": 1,
+        "Mycoplasma Bacterial Pneumonia": 1,
+        "Unknown": 1,
+        "Varicella": 1,
     }
     assert table["patient_id"].nunique() == 37
     assert Counter(table["view"]) == {"PA": 28, "AP Supine": 8, "AP": 5, "": 3, "?": 1}
@@ -116,7 +135,11 @@ def test_ieee8023_sample_matches_notes_and_csv(shared):
     for row in _csv_rows(root / "metadata.csv"):
         got = by_path.loc[(root / row["folder"] / row["filename"]).as_posix()]
         assert (got["source_label"], got["patient_id"], got["sex"], got["age"], got["view"]) == (
-            row["finding"], row["patientid"], row["sex"], row["age"], row["view"]
+            row["finding"],
+            row["patientid"],
+            row["sex"],
+            row["age"],
+            row["view"],
         )
     assert set(table["path"]) == _files(root / "images")
     # the 3 `.jpg` files that are really PNG (NOTES.md), found here by their magic bytes
@@ -173,7 +196,9 @@ def test_class_folders_descend_into_a_single_wrapper(tmp_path, monkeypatch):
     _check_columns(table)
     assert recon == {}
     assert list(zip(table["path"], table["source_label"])) == [
-        ("ds/mydata/cats/a.png", "cats"), ("ds/mydata/cats/more/b.PNG", "cats"), ("ds/mydata/dogs/c.png", "dogs"),
+        ("ds/mydata/cats/a.png", "cats"),
+        ("ds/mydata/cats/more/b.PNG", "cats"),
+        ("ds/mydata/dogs/c.png", "dogs"),
     ]
     assert (table.drop(columns=["path", "source_label"]) == "").all().all()
 

@@ -82,13 +82,25 @@ def test_every_backbone_builds_trains_one_step_and_round_trips(name, tmp_path):
 def test_head_is_configurable():
     model, _ = build_model("cnn", 32, 4, "none", {"filters": [4]}, HeadConfig(dense=(16, 8), dropout=0.4))
     head = [layer.name for layer in model.layers[3:]]
-    assert head == ["pool", "head_bn", "head_dropout", "head_dense1", "head_dropout1", "head_dense2", "head_dropout2", "probabilities"]
+    assert head == [
+        "pool",
+        "head_bn",
+        "head_dropout",
+        "head_dense1",
+        "head_dropout1",
+        "head_dense2",
+        "head_dropout2",
+        "probabilities",
+    ]
     assert [model.get_layer(f"head_dense{i}").units for i in (1, 2)] == [16, 8]
     assert model.get_layer("head_dropout2").rate == 0.4
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(UserError, match=r"unknown model 'alexnet'; valid: cnn, mobilenet, mobilenetv2, resnet50, resnet50v2, vgg16, vgg19, densenet121, "):
+    with pytest.raises(
+        UserError,
+        match=r"unknown model 'alexnet'; valid: cnn, mobilenet, mobilenetv2, resnet50, resnet50v2, vgg16, vgg19, densenet121, ",
+    ):
         build_model("alexnet", 32, 2, "none", {}, HEAD)
 
 
@@ -155,4 +167,6 @@ def test_unfreeze_top_opens_exactly_the_top_layers_but_batchnorm(name, n_layers)
     assert n == len(expected) and [layer.name for layer in base.layers if layer.trainable] == expected
     head = ["head_bn", "probabilities"]
     expected_weights = sum(len(layer.trainable_weights) for layer in top if layer.trainable)
-    assert len(model.trainable_weights) == expected_weights + sum(len(model.get_layer(h).trainable_weights) for h in head)
+    assert len(model.trainable_weights) == expected_weights + sum(
+        len(model.get_layer(h).trainable_weights) for h in head
+    )

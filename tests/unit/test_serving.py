@@ -58,7 +58,10 @@ def logged(store: str, trained_model: Path, cache_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def images(raw_dataset: Path) -> list[Path]:
     """Real PNG files from the session's synthetic dataset, one per class."""
-    return [next(iter(sorted((raw_dataset / "COVID-19_Radiography_Dataset" / c / "images").glob("*.png")))) for c in ("COVID", "Normal", "Viral Pneumonia")]
+    return [
+        next(iter(sorted((raw_dataset / "COVID-19_Radiography_Dataset" / c / "images").glob("*.png"))))
+        for c in ("COVID", "Normal", "Viral Pneumonia")
+    ]
 
 
 def expected(trained_model: Path, files: list[Path], classes: list[str]) -> np.ndarray:
@@ -79,9 +82,15 @@ def test_pyfunc_model_predicts_what_the_keras_model_does(logged, trained_model, 
     prob = expected(trained_model, images, logged["classes"])
     assert list(out.columns) == [f"p_{c}" for c in logged["classes"]] + ["predicted"]
     np.testing.assert_allclose(out.iloc[:, :-1].to_numpy(), prob, atol=1e-6)
-    assert out["predicted"].tolist() == [logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)]
+    assert out["predicted"].tolist() == [
+        logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)
+    ]
     python_model = serving.load(logged["uri"])
-    assert python_model.threshold == THRESHOLD and python_model.image_size == 32 and python_model.classes == logged["classes"]
+    assert (
+        python_model.threshold == THRESHOLD
+        and python_model.image_size == 32
+        and python_model.classes == logged["classes"]
+    )
 
 
 def test_pyfunc_model_names_the_row_that_is_not_an_image(logged, images):
@@ -124,9 +133,25 @@ def test_mlflow_models_serve_answers_over_http(logged, trained_model, images, st
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen(
-        [str(mlflow_cli), "models", "serve", "-m", logged["uri"], "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            str(mlflow_cli),
+            "models",
+            "serve",
+            "-m",
+            logged["uri"],
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         # the server starts `uvicorn` by name: the venv's bin must be on PATH, as when it is activated
-        env={**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ['PATH']}"},
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": store,
+            "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ['PATH']}",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -149,7 +174,9 @@ def test_mlflow_models_serve_answers_over_http(logged, trained_model, images, st
         rows = body["predictions"]
         prob = expected(trained_model, images, logged["classes"])
         np.testing.assert_allclose([[row[f"p_{c}"] for c in logged["classes"]] for row in rows], prob, atol=1e-6)
-        assert [row["predicted"] for row in rows] == [logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)]
+        assert [row["predicted"] for row in rows] == [
+            logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)
+        ]
         status, body = post(url, {"dataframe_records": [{"image": base64.b64encode(b"not a png").decode()}]})
         assert status == 400 and "row 0: not an image" in body["message"]
     finally:
@@ -159,8 +186,13 @@ def test_mlflow_models_serve_answers_over_http(logged, trained_model, images, st
 
 def run_cli(*args: str, cwd: Path, store: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "chestxray", *args], check=False, cwd=cwd, env={**os.environ, "MLFLOW_TRACKING_URI": store},
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "chestxray", *args],
+        check=False,
+        cwd=cwd,
+        env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -171,14 +203,18 @@ def test_predict_command_on_files_and_folders_with_the_champion(logged, trained_
         (folder / "sub" / f"{i}.png").write_bytes(f.read_bytes())
     (folder / "notes.txt").write_text("not an image, and not picked up: wrong suffix")
     out = tmp_path / "pred.csv"
-    done = run_cli("predict", str(folder), str(images[2]), "--format", "csv", "--output", str(out), cwd=tmp_path, store=store)
+    done = run_cli(
+        "predict", str(folder), str(images[2]), "--format", "csv", "--output", str(out), cwd=tmp_path, store=store
+    )
     assert done.returncode == 0, done.stderr
     assert "models:/chestxray@champion" in done.stderr  # the default model, no params.yaml here
     table = pd.read_csv(out)
     assert table["path"].tolist() == [str(folder / "sub/0.png"), str(folder / "sub/1.png"), str(images[2])]
     prob = expected(trained_model, images, logged["classes"])
     np.testing.assert_allclose(table[[f"p_{c}" for c in logged["classes"]]].to_numpy(), prob, atol=1e-6)
-    assert table["predicted"].tolist() == [logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)]
+    assert table["predicted"].tolist() == [
+        logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)
+    ]
 
     done = run_cli("predict", str(images[0]), "--model", logged["uri"], "--format", "json", cwd=tmp_path, store=store)
     assert done.returncode == 0, done.stderr
@@ -195,7 +231,9 @@ def test_predict_command_refuses_unreadable_files_in_one_line(logged, images, st
     bad.write_bytes(b"\x89PNG\r\n\x1a\n but cut short")
     out = tmp_path / "pred.json"
     out.write_text("earlier results")
-    done = run_cli("predict", str(images[0]), str(bad), "--output", str(out), "--format", "json", cwd=tmp_path, store=store)
+    done = run_cli(
+        "predict", str(images[0]), str(bad), "--output", str(out), "--format", "json", cwd=tmp_path, store=store
+    )
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and f"{bad}: " in errors[0] and "1 of 2 file(s) cannot be read" in errors[0]

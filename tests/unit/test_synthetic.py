@@ -66,12 +66,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, i
 
 def test_counts_follow_real_shares_by_largest_remainder(dataset: tuple[Path, dict[str, int]]) -> None:
     _, counts = dataset
-    assert counts == _largest_remainder(N) == {
-        "COVID": 20, "Lung_Opacity": 34, "Normal": 58, "Viral Pneumonia": 8
-    }
-    assert synthetic._class_counts(1000) == {
-        "COVID": 171, "Lung_Opacity": 284, "Normal": 482, "Viral Pneumonia": 63
-    }
+    assert counts == _largest_remainder(N) == {"COVID": 20, "Lung_Opacity": 34, "Normal": 58, "Viral Pneumonia": 8}
+    assert synthetic._class_counts(1000) == {"COVID": 171, "Lung_Opacity": 284, "Normal": 482, "Viral Pneumonia": 63}
     for n in range(40, 1500, 7):
         got = synthetic._class_counts(n)
         assert got == _largest_remainder(n) and sum(got.values()) == n and min(got.values()) >= 1
@@ -159,9 +155,7 @@ def test_xlsx_timestamps_are_fixed(dataset: tuple[Path, dict[str, int]]) -> None
         assert today.isoformat() not in core and "2021-03-06T00:00:00Z" in core
 
 
-def test_same_seed_is_byte_identical_other_seed_differs(
-    dataset: tuple[Path, dict[str, int]], tmp_path: Path
-) -> None:
+def test_same_seed_is_byte_identical_other_seed_differs(dataset: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
     base, _ = dataset
     first = _hashes(base)
     again, _ = _make(tmp_path / "same", N, SEED)
@@ -174,9 +168,7 @@ def test_same_seed_is_byte_identical_other_seed_differs(
     assert all(other_hashes[k] == first[k] for k in first if k.endswith(".xlsx"))
 
 
-def test_class_signal_generalises_across_seeds(
-    dataset: tuple[Path, dict[str, int]], tmp_path: Path
-) -> None:
+def test_class_signal_generalises_across_seeds(dataset: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
     train_base, _ = _make(tmp_path / "train", 400, SEED + 100)
     x_train, y_train = _features(train_base)
     x_test, y_test = _features(dataset[0])

@@ -23,7 +23,9 @@ def test_default_store_keeps_artifacts_beside_it(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("DVC_EXP_NAME", "brisk-lamb")
     with tracking.run(tracking.run_tags("cnn", "abc")) as run_id:
-        tracking.log_metrics({"a": 1, "nested": {"b": 2.5, "skip": None, "nan": float("nan")}, "flag": True}, prefix="t.")
+        tracking.log_metrics(
+            {"a": 1, "nested": {"b": 2.5, "skip": None, "nan": float("nan")}, "flag": True}, prefix="t."
+        )
     run = mlflow.get_run(run_id)
     assert run.info.run_name == "brisk-lamb" and run.data.tags["dvc_exp_name"] == "brisk-lamb"
     assert run.data.metrics == {"t.a": 1.0, "t.nested.b": 2.5}

@@ -64,7 +64,9 @@ def test_train_writes_best_model_metrics_curves_and_mlflow_run(cache_dir, tmp_pa
 def test_same_seed_same_weights(cache_dir, tmp_path, mlflow_store):
     _, first = run_training(cache_dir, tmp_path / "a", **{"train.epochs": 2})
     _, second = run_training(cache_dir, tmp_path / "b", **{"train.epochs": 2})
-    assert {k: v for k, v in first.items() if k != "train_seconds"} == {k: v for k, v in second.items() if k != "train_seconds"}
+    assert {k: v for k, v in first.items() if k != "train_seconds"} == {
+        k: v for k, v in second.items() if k != "train_seconds"
+    }
     a = keras.models.load_model(tmp_path / "a" / "models" / "model.keras").get_weights()
     b = keras.models.load_model(tmp_path / "b" / "models" / "model.keras").get_weights()
     assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
@@ -78,8 +80,14 @@ def test_two_phase_fine_tuning_from_imagenet(cache_dir, tmp_path, mlflow_store, 
         cache_dir,
         tmp_path,
         model="mobilenetv2",
-        **{"backbones.mobilenetv2.alpha": 0.35, "train.weights": "imagenet", "train.epochs": 1,
-           "train.fine_tune_epochs": 1, "train.fine_tune_layers": 10, "train.augment.rotation": 0.0},
+        **{
+            "backbones.mobilenetv2.alpha": 0.35,
+            "train.weights": "imagenet",
+            "train.epochs": 1,
+            "train.fine_tune_epochs": 1,
+            "train.fine_tune_layers": 10,
+            "train.augment.rotation": 0.0,
+        },
     )
     history = pd.read_csv(tmp_path / "reports" / "train" / "history.csv")
     assert list(history["epoch"]) == [0, 1]  # one head epoch, one fine-tuning epoch
@@ -127,8 +135,14 @@ def test_focal_alpha_balanced_or_per_class():
     y = np.array([0] * 6 + [1] * 3 + [2])
     balanced = loss_for(make_params(**{"train.imbalance": "focal"}).train, y, ["A", "B", "C"])
     assert balanced.alpha == pytest.approx([10 / 18, 10 / 9, 10 / 3]) and balanced.gamma == 2.0
-    cfg = make_params(**{"data.task": "binary", "train.imbalance": "focal", "train.focal.gamma": 1.0,
-                         "train.focal.alpha": {"non-COVID": 0.25, "COVID": 0.75}}).train
+    cfg = make_params(
+        **{
+            "data.task": "binary",
+            "train.imbalance": "focal",
+            "train.focal.gamma": 1.0,
+            "train.focal.alpha": {"non-COVID": 0.25, "COVID": 0.75},
+        }
+    ).train
     chosen = loss_for(cfg, np.array([0, 1]), ["COVID", "non-COVID"])
     assert chosen.alpha == [0.75, 0.25] and chosen.gamma == 1.0  # in class-index order
     assert isinstance(loss_for(make_params().train, y, ["A", "B", "C"]), keras.losses.SparseCategoricalCrossentropy)
@@ -172,7 +186,14 @@ def test_oversample_training_runs_without_class_weights(cache_dir, tmp_path, mlf
 def test_augmenter_builds_the_chosen_layers_and_is_seeded():
     cfg = AugmentConfig(rotation=0.1, shift=0.1, shear=0.2, zoom=0.1, contrast=0.2, flip=True)
     layers = [type(layer).__name__ for layer in augmenter(cfg, 0).layers]
-    assert layers == ["RandomRotation", "RandomTranslation", "RandomShear", "RandomZoom", "RandomContrast", "RandomFlip"]
+    assert layers == [
+        "RandomRotation",
+        "RandomTranslation",
+        "RandomShear",
+        "RandomZoom",
+        "RandomContrast",
+        "RandomFlip",
+    ]
     assert augmenter(AugmentConfig(0, 0, 0, 0, 0, False), 0) is None
     shear_only = AugmentConfig(rotation=0, shift=0, shear=0.3, zoom=0, contrast=0, flip=False)
     image = np.zeros((1, 32, 32, 1), np.float32)
@@ -218,15 +239,26 @@ def test_mirrored_strategy_over_two_cpu_devices_scales_the_batch(cache_dir, tmp_
     in a subprocess because devices are fixed when TensorFlow starts."""
     tests = str(Path(__file__).resolve().parents[1])
     for setting in ("mirrored", "auto"):
-        done = subprocess.run([sys.executable, "-c", MIRRORED, str(cache_dir), str(tmp_path / setting), tests, setting],
-                              capture_output=True, text=True, timeout=600, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", MIRRORED, str(cache_dir), str(tmp_path / setting), tests, setting],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient(mlflow_store)
     resolved = {
         setting: client.get_run(read_json(tmp_path / setting / "models" / "run.json")["run_id"]).data.params
         for setting in ("mirrored", "auto")
     }
-    assert resolved["mirrored"]["resolved.replicas"] == "2" and resolved["mirrored"]["resolved.global_batch_size"] == "16"
-    assert resolved["auto"]["resolved.replicas"] == "1" and resolved["auto"]["resolved.global_batch_size"] == "8"  # no GPUs
+    assert (
+        resolved["mirrored"]["resolved.replicas"] == "2" and resolved["mirrored"]["resolved.global_batch_size"] == "16"
+    )
+    assert (
+        resolved["auto"]["resolved.replicas"] == "1" and resolved["auto"]["resolved.global_batch_size"] == "8"
+    )  # no GPUs
     history = pd.read_csv(tmp_path / "mirrored" / "reports" / "train" / "history.csv")
-    assert len(history) == 2 and read_json(tmp_path / "mirrored" / "train.json")["best_val_loss"] == pytest.approx(history["val_loss"].min())
+    assert len(history) == 2 and read_json(tmp_path / "mirrored" / "train.json")["best_val_loss"] == pytest.approx(
+        history["val_loss"].min()
+    )

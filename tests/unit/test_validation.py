@@ -160,7 +160,9 @@ def test_a_clean_dataset_passes_with_reports_and_an_mlflow_run(raw, tmp_path, st
     (run,) = runs(store)
     assert run.info.run_name == "validate" and run.data.tags["stage"] == "validate"
     assert run.data.metrics["clean.COVID"] == metrics["clean"]["COVID"]
-    artifacts = {a.path for folder in ("", "data", "eda", "validation") for a in store.list_artifacts(run.info.run_id, folder)}
+    artifacts = {
+        a.path for folder in ("", "data", "eda", "validation") for a in store.list_artifacts(run.info.run_id, folder)
+    }
     assert {"data/rejected.csv", "data/validate.json", "eda/index.html", "validation/index.html"} <= artifacts
 
 
@@ -168,7 +170,10 @@ def test_the_quality_gate_stops_and_points_to_the_rejected_table(raw, tmp_path, 
     for i in (1, 2):
         (images(raw, "Normal") / f"Normal-{i}.png").write_bytes(b"")
     out = tmp_path / "out"
-    with pytest.raises(UserError, match=r"2 of 160 images rejected \(1.2%\), above validate.max_reject_fraction \(1.0%\); see .*rejected.csv"):
+    with pytest.raises(
+        UserError,
+        match=r"2 of 160 images rejected \(1.2%\), above validate.max_reject_fraction \(1.0%\); see .*rejected.csv",
+    ):
         validate(raw, out, **{"validate.max_reject_fraction": 0.01})
     assert set(rejected_reasons(out).values()) == {"empty_file"}
     assert read_json(out / METRICS_DIR / "validate.json")["gate"]["passed"] is False
@@ -212,7 +217,9 @@ def test_the_stage_reports_bad_input_in_one_line_without_a_traceback(raw, tmp_pa
     (work / "data").mkdir(parents=True)
     shutil.move(raw, work / "data" / "raw")
     shutil.copy(REPO / "params.yaml", work)
-    result = subprocess.run([sys.executable, str(REPO / "stages/validate.py")], cwd=work, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages/validate.py")], cwd=work, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
@@ -234,8 +241,14 @@ def test_real_image_dataset_duplicates_are_grouped(shared, tmp_path):
     """covid19-image-dataset: 6 byte-identical pairs (3 across its train/test), same label: kept, grouped."""
     p = make_params(**{"data.task": "3class"})
     metrics = validate_dataset(shared / "data/covid19-image-dataset-sample", p.data, p.validate, p.seed, tmp_path)
-    assert metrics["rejected"] == {} and metrics["duplicates"] == {"exact_groups": 6, "near_groups": 0, "grouped_images": 12}
+    assert metrics["rejected"] == {} and metrics["duplicates"] == {
+        "exact_groups": 6,
+        "near_groups": 0,
+        "grouped_images": 12,
+    }
     clean = pd.read_csv(tmp_path / MANIFEST_CSV, keep_default_na=False)
-    pairs = clean[clean["dup_group"] != ""].groupby("dup_group")["path"].apply(lambda s: sorted(Path(p).name for p in s))
+    pairs = (
+        clean[clean["dup_group"] != ""].groupby("dup_group")["path"].apply(lambda s: sorted(Path(p).name for p in s))
+    )
     assert ["COVID-00012.jpg", "COVID-00012.jpg"] in list(pairs)
     assert ["069.jpg", "radiopaedia-2019-novel-coronavirus-infected-pneumonia.jpg"] in list(pairs)

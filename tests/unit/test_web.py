@@ -34,8 +34,14 @@ XRAY = SHARED / "data/covid19-radiography-sample/COVID-19_Radiography_Dataset/CO
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps trying to reach Google on a closed network.
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 NOT_AN_IMAGE = b"patient notes: this is a text file, not an X-ray\n"
 
@@ -43,7 +49,9 @@ NOT_AN_IMAGE = b"patient notes: this is a text file, not an X-ray\n"
 def call(url: str, body: bytes | Iterator[bytes] | None = None, timeout: float = 120) -> tuple[int, dict | str]:
     """GET (no body) or POST ``body`` as JSON; an iterator is sent chunked (no Content-Length).
     Returns the status and the decoded JSON (or text) answer."""
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body is not None else {})
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"} if body is not None else {}
+    )
     try:
         with LOOPBACK.open(request, timeout=timeout) as response:
             status, text, kind = response.status, response.read().decode(), response.headers.get_content_type()
@@ -77,7 +85,9 @@ def logged(trained_model: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
     threshold = 0.5
     if XRAY.is_file():
         image = serving.decode(XRAY.read_bytes(), 32, XRAY.name)
-        prob = keras.models.load_model(trained_model, compile=False).predict(image[None, ..., None].astype("float32"), verbose=0)[0]
+        prob = keras.models.load_model(trained_model, compile=False).predict(
+            image[None, ..., None].astype("float32"), verbose=0
+        )[0]
         p_covid = float(prob[classes.index(COVID)])
         threshold = (1 + p_covid) / 2 if prob.argmax() == classes.index(COVID) else p_covid / 2
     store = tmp_path_factory.mktemp("web-mlflow")
@@ -87,7 +97,13 @@ def logged(trained_model: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
         with mlflow.start_run(experiment_id=experiment_id()) as run:
             serving.log_model(trained_model, classes, 32, threshold)
         uri = f"runs:/{run.info.run_id}/model"
-        yield SimpleNamespace(uri=uri, model=serving.load(uri), classes=classes, threshold=threshold, tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+        yield SimpleNamespace(
+            uri=uri,
+            model=serving.load(uri),
+            classes=classes,
+            threshold=threshold,
+            tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +153,14 @@ def test_page_is_one_self_contained_file(server: str) -> None:
     status, html = call(f"{server}/")
     assert status == 200
     assert "not a diagnostic device" in html
-    for anchor in ('id="file"', 'accept="image/*"', 'id="predicted"', 'id="probabilities"', 'id="overlay"', 'id="error"'):
+    for anchor in (
+        'id="file"',
+        'accept="image/*"',
+        'id="predicted"',
+        'id="probabilities"',
+        'id="overlay"',
+        'id="error"',
+    ):
         assert anchor in html
     # Works offline: nothing loaded from elsewhere.
     for external in ('src="http', "src='http", 'href="http', "url(http", "@import", "//cdn"):
@@ -148,7 +171,12 @@ def test_health_describes_the_model(server: str, logged: SimpleNamespace) -> Non
     status, body = call(f"{server}/health")
     assert status == 200
     assert body["status"] == "ok"
-    assert body["model"] == {"uri": logged.uri, "classes": logged.classes, "image_size": 32, "threshold": pytest.approx(logged.threshold)}
+    assert body["model"] == {
+        "uri": logged.uri,
+        "classes": logged.classes,
+        "image_size": 32,
+        "threshold": pytest.approx(logged.threshold),
+    }
     assert body["max_upload_bytes"] == web.MAX_UPLOAD_BYTES
 
 
@@ -237,7 +265,18 @@ def app_process(logged: SimpleNamespace, tmp_path_factory: pytest.TempPathFactor
     folder = tmp_path_factory.mktemp("web-app")
     log = folder / "app.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": logged.tracking_uri}
-    command = [sys.executable, "-m", "chestxray", "app", "--model", logged.uri, "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "chestxray",
+        "app",
+        "--model",
+        logged.uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -265,7 +304,9 @@ def app_process(logged: SimpleNamespace, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.mark.browser
 @pytest.mark.shared
-def test_page_in_chromium(chromium: Path, app_process: str, logged: SimpleNamespace, xray: Path, tmp_path: Path) -> None:
+def test_page_in_chromium(
+    chromium: Path, app_process: str, logged: SimpleNamespace, xray: Path, tmp_path: Path
+) -> None:
     from playwright.sync_api import sync_playwright
 
     _, prob, predicted = expected(logged, xray)
@@ -282,7 +323,9 @@ def test_page_in_chromium(chromium: Path, app_process: str, logged: SimpleNamesp
 
             page.set_input_files("#file", str(xray))
             page.wait_for_selector("body[data-state=done]", timeout=120_000)
-            rows = page.eval_on_selector_all("#probabilities tbody tr", "rows => rows.map(r => [r.dataset.class, Number(r.dataset.p)])")
+            rows = page.eval_on_selector_all(
+                "#probabilities tbody tr", "rows => rows.map(r => [r.dataset.class, Number(r.dataset.p)])"
+            )
             shown = dict(rows)
             assert shown == pytest.approx(prob, abs=1e-6)
             assert [p for _, p in rows] == sorted(shown.values(), reverse=True), "rows are sorted high to low"
@@ -293,7 +336,9 @@ def test_page_in_chromium(chromium: Path, app_process: str, logged: SimpleNamesp
             assert page.is_visible("#overlay img") and page.is_hidden("#error")
             page.screenshot(path=tmp_path / "result.png", full_page=True)
 
-            page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": NOT_AN_IMAGE}])
+            page.set_input_files(
+                "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": NOT_AN_IMAGE}]
+            )
             page.wait_for_selector("body[data-state=error]", timeout=60_000)
             assert page.is_visible("#error")
             assert page.inner_text("#error") == not_an_image_message("notes.txt")

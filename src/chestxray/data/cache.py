@@ -98,5 +98,7 @@ def make_dataset(
             ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None:
-        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(
+            lambda a, b: (augment(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
     return ds.prefetch(tf.data.AUTOTUNE)

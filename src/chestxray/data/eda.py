@@ -131,8 +131,14 @@ def _plot_classes(counts: Mapping[str, int], colours: Mapping[str, str], path: P
         bar.tick_params(axis="x", rotation=20)
         present = {c: n for c, n in counts.items() if n}
         if present:
-            pie.pie(list(present.values()), labels=list(present), colors=[colours[c] for c in present],
-                    autopct="%1.1f%%", startangle=90, counterclock=False)
+            pie.pie(
+                list(present.values()),
+                labels=list(present),
+                colors=[colours[c] for c in present],
+                autopct="%1.1f%%",
+                startangle=90,
+                counterclock=False,
+            )
         else:
             _no_data(pie)
         pie.set(title="Share of images", aspect="equal")
@@ -203,8 +209,12 @@ def _no_data(ax: Axes) -> None:
     ax.set(xticks=[], yticks=[])
 
 
-def _page(counts: Mapping[str, int], shares: Mapping[str, float], ratios: Mapping[str, Any],
-          sections: Sequence[tuple[str, str]]) -> str:
+def _page(
+    counts: Mapping[str, int],
+    shares: Mapping[str, float],
+    ratios: Mapping[str, Any],
+    sections: Sequence[tuple[str, str]],
+) -> str:
     """The HTML page: counts, shares and ratios per class, the imbalance, then each plot under a heading."""
     rows = "".join(
         f"<tr><td>{html.escape(c)}</td><td>{n:,}</td><td>{shares[c]:.1%}</td><td>{ratios['to_largest'][c]:.3f}</td></tr>\n"

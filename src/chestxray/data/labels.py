@@ -102,6 +102,16 @@ def apply_task(table: pd.DataFrame, task: str, label_map: dict[str, str | None])
         if cls not in present:
             log.warning("data.task %s: no images of class %s in this dataset; training on %s", task, cls, present)
     for source, n in excluded.items():
-        log.info("left out %d image(s) labelled %r: not a class of data.task %s (add it to data.label_map to keep it)", n, source, task)
-    report = {"name": task, "classes": present, "mapping": {s or NO_LABEL: c for s, c in mapping.items()}, "excluded": excluded}
+        log.info(
+            "left out %d image(s) labelled %r: not a class of data.task %s (add it to data.label_map to keep it)",
+            n,
+            source,
+            task,
+        )
+    report = {
+        "name": task,
+        "classes": present,
+        "mapping": {s or NO_LABEL: c for s, c in mapping.items()},
+        "excluded": excluded,
+    }
     return kept, report

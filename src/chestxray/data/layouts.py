@@ -101,7 +101,9 @@ def _read_radiography(base: Path) -> tuple[pd.DataFrame, dict[str, int]]:
         folder = base / cls / "images"
         images = [p for p in sorted(folder.glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
         if not images:
-            log.warning("%s: class %s has no images (the folder is %s)", folder, cls, "empty" if folder.is_dir() else "missing")
+            log.warning(
+                "%s: class %s has no images (the folder is %s)", folder, cls, "empty" if folder.is_dir() else "missing"
+            )
         names = _metadata_names(base / f"{cls}.metadata.xlsx")
         has_metadata |= names is not None
         lower = {n.lower() for n in names} if names is not None else set()
@@ -117,7 +119,9 @@ def _read_radiography(base: Path) -> tuple[pd.DataFrame, dict[str, int]]:
                     recon["files_without_row"] += 1
             mask = base / cls / "masks" / p.name
             rows.append(_row(p, cls, mask_path=mask.as_posix() if mask.exists() else "", in_metadata=in_meta))
-        if names is not None and images:  # rows without a file are kept, so that validation rejects them as missing_file
+        if (
+            names is not None and images
+        ):  # rows without a file are kept, so that validation rejects them as missing_file
             stems = {p.stem.lower() for p in images}
             for name in sorted(n for n in names if n.lower() not in stems):
                 recon["rows_without_file"] += 1

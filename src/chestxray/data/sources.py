@@ -30,7 +30,9 @@ CREDENTIALS_HELP = (
 )
 
 
-def fetch_dataset(data: DataConfig, seed: int, raw_dir: Path, downloads_dir: Path, metrics_json: Path) -> dict[str, Any]:
+def fetch_dataset(
+    data: DataConfig, seed: int, raw_dir: Path, downloads_dir: Path, metrics_json: Path
+) -> dict[str, Any]:
     """Fill ``raw_dir`` from ``data.source``, atomically; write where it came from and its size.
 
     Kaggle downloads record ``slug``, ``version``, and the archive's ``size`` and ``sha256``; a
@@ -73,7 +75,9 @@ def extract_zip(archive: Path, dest: Path, fix: str = "download it again") -> No
                 parts = PurePosixPath(info.filename.replace("\\", "/")).parts
                 is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
                 if info.filename.startswith(("/", "\\")) or ".." in parts or ":" in info.filename or is_link:
-                    raise UserError(f"{archive}: unsafe member '{info.filename}' (absolute path, '..' or link); refusing to extract")
+                    raise UserError(
+                        f"{archive}: unsafe member '{info.filename}' (absolute path, '..' or link); refusing to extract"
+                    )
             bad = zf.testzip()
             if bad is not None:
                 raise UserError(f"{archive}: member '{bad}' is corrupt; {fix}")
@@ -117,7 +121,9 @@ def download_kaggle(dataset: str, dest: Path, downloads_dir: Path, retries: int 
                 else:
                     log.info("downloading Kaggle dataset %s/%s version %d from %s", owner, slug, version, endpoint)
                     response = datasets.download_dataset(_request(ApiDownloadDatasetRequest, owner, slug, version))
-                    api.download_file(response, str(partial), client.http_client(), quiet=False, resume=True, max_retries=retries)
+                    api.download_file(
+                        response, str(partial), client.http_client(), quiet=False, resume=True, max_retries=retries
+                    )
                     partial.replace(archive)
         except requests.HTTPError as exc:
             raise _refusal(exc, dataset, endpoint) from None
@@ -156,7 +162,9 @@ def _dataset_parts(dataset: str) -> tuple[str, str, int | None]:
     if len(parts) == 4 and parts[2] == "versions":  # as in the dataset's URL
         parts = [parts[0], parts[1], parts[3]]
     if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and not parts[2].isdigit()):
-        raise UserError(f"data.kaggle.dataset: '{dataset}' is not 'owner/slug' or 'owner/slug/<version>' as in the dataset's URL")
+        raise UserError(
+            f"data.kaggle.dataset: '{dataset}' is not 'owner/slug' or 'owner/slug/<version>' as in the dataset's URL"
+        )
     return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else None
 
 
@@ -197,12 +205,16 @@ def _refusal(exc: requests.HTTPError, dataset: str, endpoint: str) -> UserError:
     """One line for an HTTP error answer of the Kaggle API."""
     status = exc.response.status_code if exc.response is not None else 0
     if status == 401:
-        return UserError(f"Kaggle refused the credentials (HTTP 401) at {endpoint}: they are wrong or revoked; {CREDENTIALS_HELP}")
+        return UserError(
+            f"Kaggle refused the credentials (HTTP 401) at {endpoint}: they are wrong or revoked; {CREDENTIALS_HELP}"
+        )
     if status == 403:
         return UserError(
             f"Kaggle denied access to '{dataset}' (HTTP 403): open the dataset's page on kaggle.com with this "
             "account and accept its terms, or check that it is public"
         )
     if status == 404:
-        return UserError(f"Kaggle dataset '{dataset}' not found (HTTP 404); set data.kaggle.dataset to 'owner/slug' as in its URL")
+        return UserError(
+            f"Kaggle dataset '{dataset}' not found (HTTP 404); set data.kaggle.dataset to 'owner/slug' as in its URL"
+        )
     return UserError(f"Kaggle API at {endpoint} answered HTTP {status} for '{dataset}'; try again later")

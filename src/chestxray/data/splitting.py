@@ -49,7 +49,9 @@ def split_dataset(split: SplitConfig, near_distance: int, seed: int, root: Path 
     write_csv(root / SPLIT_CSV, table[list(SPLIT_COLUMNS)])
     metrics["data_version"] = data_version(root / SPLIT_CSV)
     write_json(root / METRICS_DIR / "split.json", metrics)
-    log.info("split %d images in %d groups: %s", len(table), groups, {s: int((table["split"] == s).sum()) for s in SPLITS})
+    log.info(
+        "split %d images in %d groups: %s", len(table), groups, {s: int((table["split"] == s).sum()) for s in SPLITS}
+    )
     return metrics
 
 
@@ -83,7 +85,9 @@ def groups(table: pd.DataFrame) -> list[str]:
     """Each image's group: its patient (``patient:<id>``), else its duplicate group, else itself;
     a duplicate group that spans patients joins them into one group (named by its first key)."""
     dups = list(_column(table, "dup_group"))
-    keys = [f"patient:{p}" if p else (d or path) for path, p, d in zip(table["path"], _column(table, "patient_id"), dups)]
+    keys = [
+        f"patient:{p}" if p else (d or path) for path, p, d in zip(table["path"], _column(table, "patient_id"), dups)
+    ]
     nodes = sorted(set(keys) | set(filter(None, dups)))
     index = {node: i for i, node in enumerate(nodes)}
     links = np.array([(index[k], index[d]) for k, d in zip(keys, dups) if d and k != d], np.int64).reshape(-1, 2)
@@ -145,7 +149,9 @@ def leakage_pairs(table: pd.DataFrame, near_distance: int) -> dict[str, int]:
     perceptual hashes are within ``near_distance`` bits but whose bytes differ (``near_pairs``)."""
     per_split = table.groupby(["sha256", "split"]).size()
     per_hash = per_split.groupby(level="sha256").sum()
-    exact = (per_hash * (per_hash - 1)).sum() // 2 - (per_split * (per_split - 1)).sum() // 2  # all pairs − same-split pairs
+    exact = (per_hash * (per_hash - 1)).sum() // 2 - (
+        per_split * (per_split - 1)
+    ).sum() // 2  # all pairs − same-split pairs
     i, j = near_pairs(list(table["phash"]), near_distance).T
     split, sha = table["split"].to_numpy(), table["sha256"].to_numpy()
     near = (split[i] != split[j]) & (sha[i] != sha[j])

@@ -115,9 +115,7 @@ def _ridges(noise: np.ndarray) -> np.ndarray:
     return np.exp(-np.square(noise / 0.4))
 
 
-def _blob(
-    u: np.ndarray, v: np.ndarray, cu: float, cv: float, sigma: float, power: int = 1
-) -> np.ndarray:
+def _blob(u: np.ndarray, v: np.ndarray, cu: float, cv: float, sigma: float, power: int = 1) -> np.ndarray:
     """Soft round opacity of width ``sigma`` centred at (cu, cv) in chest coordinates."""
     return np.exp(-((((u - cu) ** 2 + (v - cv) ** 2) / (2 * sigma**2)) ** power))
 

@@ -182,7 +182,9 @@ class _Suites:
         frame = _frame_for_checks(table)
         batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=[c.expectation for c in checks]))
-        definition = self.context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        )
         checkpoint = self.context.checkpoints.add(
             gx.Checkpoint(
                 name=name,

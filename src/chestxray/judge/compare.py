@@ -69,7 +69,13 @@ def mcnemar(first: pd.DataFrame, second: pd.DataFrame) -> dict[str, Any] | None:
     right_a, right_b = a["predicted"] == a["actual"], b["predicted"] == b["actual"]
     only_a, only_b = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
     p_value = float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
-    return {"n": len(a), "a_only_correct": only_a, "b_only_correct": only_b, "p_value": p_value, "significant": p_value < ALPHA}
+    return {
+        "n": len(a),
+        "a_only_correct": only_a,
+        "b_only_correct": only_b,
+        "p_value": p_value,
+        "significant": p_value < ALPHA,
+    }
 
 
 def compare_top_two(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -80,16 +86,30 @@ def compare_top_two(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     first, second = rows[0], rows[1]
     names = f"{first['run_name']} ({first['run_id']}) and {second['run_name']} ({second['run_id']})"
     with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
-        files = [tracking.download_artifact(row["run_id"], PREDICTIONS, Path(tmp) / row["run_id"]) for row in (first, second)]
+        files = [
+            tracking.download_artifact(row["run_id"], PREDICTIONS, Path(tmp) / row["run_id"]) for row in (first, second)
+        ]
         if None in files:
-            log.warning("no McNemar test for %s: a run has no %s artifact (evaluated before it was logged?)", names, PREDICTIONS)
+            log.warning(
+                "no McNemar test for %s: a run has no %s artifact (evaluated before it was logged?)", names, PREDICTIONS
+            )
             return None
-        tables = [pd.read_csv(f, usecols=["path", "actual", "predicted"], dtype=str, keep_default_na=False) for f in files]
+        tables = [
+            pd.read_csv(f, usecols=["path", "actual", "predicted"], dtype=str, keep_default_na=False) for f in files
+        ]
     result = mcnemar(*tables)
     if result is None:
-        log.warning("no McNemar test for %s: their %s differ in images or labels (not the same test set)", names, PREDICTIONS)
+        log.warning(
+            "no McNemar test for %s: their %s differ in images or labels (not the same test set)", names, PREDICTIONS
+        )
         return None
-    return {"run_a": first["run_id"], "run_b": second["run_id"], "model_a": first["model"], "model_b": second["model"], **result}
+    return {
+        "run_a": first["run_id"],
+        "run_b": second["run_id"],
+        "model_a": first["model"],
+        "model_b": second["model"],
+        **result,
+    }
 
 
 def current_champion(cfg: CompareConfig) -> dict[str, Any] | None:
@@ -108,7 +128,9 @@ def current_champion(cfg: CompareConfig) -> dict[str, Any] | None:
     }
 
 
-def challenge(best: dict[str, Any], version: int, current: dict[str, Any] | None, data_version: str, metric: str) -> tuple[bool, str]:
+def challenge(
+    best: dict[str, Any], version: int, current: dict[str, Any] | None, data_version: str, metric: str
+) -> tuple[bool, str]:
     """Whether the alias moves to ``version`` (the best run's), and why: no champion yet, a newer
     model of the champion's own run, a champion from other data (not comparable), or a strictly
     better ``metric``."""
@@ -118,7 +140,10 @@ def challenge(best: dict[str, Any], version: int, current: dict[str, Any] | None
     if current["version"] == version:
         return False, f"champion stays v{version} (run {best['run_id']}): it is already the best run's model"
     if current["run_id"] == best["run_id"]:
-        return True, f"v{version} is a newer model of the champion's run {best['run_id']}: it replaces v{current['version']}"
+        return (
+            True,
+            f"v{version} is a newer model of the champion's run {best['run_id']}: it replaces v{current['version']}",
+        )
     if current["data_version"] != data_version:
         return True, (
             f"champion v{current['version']} (run {current['run_id']}) was evaluated on data version"
@@ -126,9 +151,15 @@ def challenge(best: dict[str, Any], version: int, current: dict[str, Any] | None
             f" so v{version} (run {best['run_id']}, {metric} {value:.4f}) takes over"
         )
     if current["value"] is None:
-        return True, f"champion v{current['version']} (run {current['run_id']}) has no test.{metric}: v{version} takes over"
+        return (
+            True,
+            f"champion v{current['version']} (run {current['run_id']}) has no test.{metric}: v{version} takes over",
+        )
     if current["value"] < value:
-        return True, f"v{version} (run {best['run_id']}) beats champion v{current['version']}: {metric} {value:.4f} > {current['value']:.4f}"
+        return (
+            True,
+            f"v{version} (run {best['run_id']}) beats champion v{current['version']}: {metric} {value:.4f} > {current['value']:.4f}",
+        )
     return False, (
         f"champion stays v{current['version']} (run {current['run_id']}, {metric} {current['value']:.4f}"
         f" ≥ {value:.4f} of run {best['run_id']})"
@@ -149,14 +180,22 @@ def update_champion(best: dict[str, Any] | None, data_version: str, cfg: Compare
         log.warning("%s", reason)
         return _kept(cfg.registered_model, current, reason)
     version, created = registered
-    log.info("%s v%d of %s for run %s", "registered" if created else "found", version, cfg.registered_model, best["run_id"])
+    log.info(
+        "%s v%d of %s for run %s", "registered" if created else "found", version, cfg.registered_model, best["run_id"]
+    )
     moved, reason = challenge(best, version, current, data_version, cfg.metric)
     superseded = moved and current is not None and current["data_version"] != data_version
     log.log(logging.WARNING if superseded else logging.INFO, "%s", reason)
     if not moved:
         return _champion(cfg.registered_model, current, False, reason)
     tracking.set_alias(cfg.registered_model, CHAMPION, version)
-    new = {"version": version, "run_id": best["run_id"], "run_name": best["run_name"], "model": best["model"], "value": best[cfg.metric]}
+    new = {
+        "version": version,
+        "run_id": best["run_id"],
+        "run_name": best["run_name"],
+        "model": best["model"],
+        "value": best[cfg.metric],
+    }
     return _champion(cfg.registered_model, new, True, reason)
 
 
@@ -171,7 +210,9 @@ def _champion(name: str, version: dict[str, Any], moved: bool, reason: str) -> d
     return {"name": name, **{k: version[k] for k in keys}, "moved": moved, "reason": reason}
 
 
-def compare_runs(data_version: str, cfg: CompareConfig, metrics_json: Path, leaderboard_md: Path, leaderboard_png: Path) -> dict[str, Any]:
+def compare_runs(
+    data_version: str, cfg: CompareConfig, metrics_json: Path, leaderboard_md: Path, leaderboard_png: Path
+) -> dict[str, Any]:
     """Rank the runs on ``data_version``, test the top two, update the champion; write
     ``metrics/compare.json``, the Markdown leaderboard and its bar chart."""
     rows = leaderboard_rows(tracking.runs_for(data_version), cfg.metric)
@@ -189,11 +230,20 @@ def compare_runs(data_version: str, cfg: CompareConfig, metrics_json: Path, lead
     }
     champion_run = champion["run_id"] if champion else None
     with atomic_path(leaderboard_md) as tmp:
-        tmp.write_text(leaderboard_markdown(rows, champion_run, _intro(summary), _notes(summary, rows)), encoding="utf-8")
+        tmp.write_text(
+            leaderboard_markdown(rows, champion_run, _intro(summary), _notes(summary, rows)), encoding="utf-8"
+        )
     plot_leaderboard(rows, cfg.metric, champion_run, leaderboard_png)
     write_json(metrics_json, summary)
     if best:
-        log.info("best of %d run(s): %s (%s), %s %.4f", len(rows), best["run_name"], best["model"], cfg.metric, best[cfg.metric])
+        log.info(
+            "best of %d run(s): %s (%s), %s %.4f",
+            len(rows),
+            best["run_name"],
+            best["model"],
+            cfg.metric,
+            best[cfg.metric],
+        )
     return summary
 
 

@@ -61,7 +61,9 @@ def _one_vs_rest_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     return float(skm.roc_auc_score(positive, scores))
 
 
-def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str], bins: int = 10) -> dict[str, Any]:
+def classification_metrics(
+    y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str], bins: int = 10
+) -> dict[str, Any]:
     """Overall and per-class metrics as a JSON-ready dict (floats rounded, None when undefined).
 
     The predicted class is the argmax of ``y_prob``; recall is sensitivity and specificity is
@@ -72,9 +74,7 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequ
     labels = list(range(k))
     y_pred = y_prob.argmax(axis=1)
     cm = confusion(y_true, y_pred, k)
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     aucs = [_one_vs_rest_auc(y_true == i, y_prob[:, i]) for i in labels]
     pr_aucs = [_average_precision(y_true == i, y_prob[:, i]) for i in labels]
 
@@ -134,7 +134,9 @@ def reliability(y_true: np.ndarray, y_prob: np.ndarray, bins: int) -> pd.DataFra
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.bincount(which, confidence, bins) / count
         accuracy = np.bincount(which, correct.astype(float), bins) / count
-    return pd.DataFrame({"low": edges[:-1], "high": edges[1:], "count": count, "confidence": mean_confidence, "accuracy": accuracy})
+    return pd.DataFrame(
+        {"low": edges[:-1], "high": edges[1:], "count": count, "confidence": mean_confidence, "accuracy": accuracy}
+    )
 
 
 def expected_calibration_error(table: pd.DataFrame) -> float:
@@ -183,12 +185,16 @@ def choose_threshold(positive: np.ndarray, scores: np.ndarray, target: float) ->
     """The highest threshold on ``scores`` whose sensitivity reaches ``target`` (so the best
     specificity that does); a score at or above it counts as positive."""
     if not positive.any():
-        raise UserError("the validation split has no COVID images: no operating point can be chosen; use a larger split.val")
+        raise UserError(
+            "the validation split has no COVID images: no operating point can be chosen; use a larger split.val"
+        )
     _, tpr, thresholds = skm.roc_curve(positive, scores, drop_intermediate=False)
     return float(min(thresholds[np.argmax(tpr >= target)], 1.0))
 
 
-def sensitivity_specificity(positive: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
+def sensitivity_specificity(
+    positive: np.ndarray, scores: np.ndarray, threshold: float
+) -> tuple[float | None, float | None]:
     """Sensitivity and specificity of ``scores >= threshold`` (None where undefined)."""
     called = scores >= threshold
     sensitivity = called[positive].mean() if positive.any() else None
@@ -197,7 +203,12 @@ def sensitivity_specificity(positive: np.ndarray, scores: np.ndarray, threshold:
 
 
 def operating_point(
-    y_val: np.ndarray, prob_val: np.ndarray, y_test: np.ndarray, prob_test: np.ndarray, classes: Sequence[str], target: float
+    y_val: np.ndarray,
+    prob_val: np.ndarray,
+    y_test: np.ndarray,
+    prob_test: np.ndarray,
+    classes: Sequence[str],
+    target: float,
 ) -> dict[str, float | None]:
     """The COVID threshold chosen on validation to reach ``target`` sensitivity, and the test
     sensitivity and specificity (COVID vs the rest) at that threshold."""
@@ -240,7 +251,10 @@ def pr_curves(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) ->
 
 
 def _one_vs_rest(
-    y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str], curve: Callable[[np.ndarray, np.ndarray], pd.DataFrame]
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    classes: Sequence[str],
+    curve: Callable[[np.ndarray, np.ndarray], pd.DataFrame],
 ) -> dict[str, pd.DataFrame]:
     """``curve(positive, scores)`` of each class that has positives and negatives, by name."""
     y_true, y_prob = _check(y_true, y_prob, classes)
@@ -279,26 +293,47 @@ def evaluate_model(
     explain.gallery(model, x, y, prob, classes, paths, reports_dir / "gradcam", cfg.gradcam_images)
     write_json(metrics_dir / "evaluate.json", metrics)
     card = model_card.render(
-        run, metrics, *(read_json(metrics_dir / f"{name}.json") for name in ("train", "split", "download")), cfg.bootstrap
+        run,
+        metrics,
+        *(read_json(metrics_dir / f"{name}.json") for name in ("train", "split", "download")),
+        cfg.bootstrap,
     )
     with atomic_path(reports_dir / "model_card.md") as tmp:
         tmp.write_text(card, encoding="utf-8")
     with tracking.run(run_id=run["run_id"]):
         tracking.log_metrics(metrics, prefix="test.")
-        for path, artifact_path in ((out, "evaluate"), (reports_dir / "gradcam", "gradcam"), (reports_dir / "model_card.md", None)):
+        for path, artifact_path in (
+            (out, "evaluate"),
+            (reports_dir / "gradcam", "gradcam"),
+            (reports_dir / "model_card.md", None),
+        ):
             tracking.log_artifacts(path, artifact_path)
-        serving.log_model(model_dir / "model.keras", classes, run["image_size"], metrics["operating_point"]["threshold"])
+        serving.log_model(
+            model_dir / "model.keras", classes, run["image_size"], metrics["operating_point"]["threshold"]
+        )
     op = metrics["operating_point"]
     log.info(
         "test: accuracy %.4f, macro-F1 %.4f [%.4f, %.4f] on %d images; at COVID threshold %.4f: sensitivity %s, specificity %s",
-        metrics["accuracy"], metrics["macro_f1"], metrics["ci"]["macro_f1"]["low"], metrics["ci"]["macro_f1"]["high"],
-        metrics["n"], op["threshold"], op["sensitivity"], op["specificity"],
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["ci"]["macro_f1"]["low"],
+        metrics["ci"]["macro_f1"]["high"],
+        metrics["n"],
+        op["threshold"],
+        op["sensitivity"],
+        op["specificity"],
     )
     return metrics
 
 
 def write_plots(
-    y: np.ndarray, prob: np.ndarray, classes: Sequence[str], paths: Sequence[str], metrics: dict[str, Any], bins: int, out: Path
+    y: np.ndarray,
+    prob: np.ndarray,
+    classes: Sequence[str],
+    paths: Sequence[str],
+    metrics: dict[str, Any],
+    bins: int,
+    out: Path,
 ) -> None:
     """Predictions, curves (CSV for dvc plots) and their PNGs: confusion matrix, ROC, PR, reliability."""
     names = np.asarray(classes)

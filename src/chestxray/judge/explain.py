@@ -45,9 +45,11 @@ def target_layer(model: keras.Model) -> keras.Operation:
     """
     base = _parts(model)[1]
     maps = [
-        op for op in base.operations
+        op
+        for op in base.operations
         if not isinstance(op, (keras.layers.InputLayer, keras.layers.ZeroPadding2D))
-        and isinstance(op.output, keras.KerasTensor) and len(op.output.shape) == 4
+        and isinstance(op.output, keras.KerasTensor)
+        and len(op.output.shape) == 4
     ]
     threshold = min(MIN_SIDE, max(_side(op) for op in maps))
     return next(op for op in reversed(maps) if _side(op) >= threshold and _dominates(op.output, base))
@@ -157,7 +159,9 @@ def gallery(
 
     with atomic_path(out_dir, is_dir=True) as tmp:
         for name, file in zip(classes, files, strict=True):
-            tiles = {outcome: [(overlay(x[i], heat[i]), caption(i)) for i in idx] for outcome, idx in shown[name].items()}
+            tiles = {
+                outcome: [(overlay(x[i], heat[i]), caption(i)) for i in idx] for outcome, idx in shown[name].items()
+            }
             _plot_class(name, layer, tiles, totals[name], max(per_outcome, 1), tmp / file)
             summary["classes"][name] = {
                 "file": file,

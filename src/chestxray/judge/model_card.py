@@ -82,7 +82,9 @@ def render(
         _metric_row("accuracy", metrics["accuracy"], metrics["ci"]["accuracy"]),
         _metric_row("macro F1", metrics["macro_f1"], metrics["ci"]["macro_f1"]),
         _metric_row(f"{COVID} sensitivity", metrics["per_class"][COVID]["recall"], metrics["ci"]["covid_sensitivity"]),
-        _metric_row(f"{COVID} specificity", metrics["per_class"][COVID]["specificity"], metrics["ci"]["covid_specificity"]),
+        _metric_row(
+            f"{COVID} specificity", metrics["per_class"][COVID]["specificity"], metrics["ci"]["covid_specificity"]
+        ),
         _metric_row("balanced accuracy", metrics["balanced_accuracy"]),
         _metric_row("weighted F1", metrics["weighted_f1"]),
         _metric_row("ROC-AUC (macro, one-vs-rest)", metrics["roc_auc_macro"]),
@@ -93,7 +95,8 @@ def render(
         "| class | precision | sensitivity | specificity | F1 | ROC-AUC | PR-AUC | support |",
         "|---|---|---|---|---|---|---|---|",
         *(
-            f"| {name} | " + " | ".join(_fmt(m[key]) for key in ("precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"))
+            f"| {name} | "
+            + " | ".join(_fmt(m[key]) for key in ("precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"))
             + f" | {m['support']} |"
             for name, m in metrics["per_class"].items()
         ),

@@ -98,7 +98,9 @@ def build_model(
 def predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """Class probabilities of grey images ``x`` (N, S, S, 1), float64 with rows renormalised
     (a float32 softmax sums to 1 ± 1e-7); batches are gathered from ``x``, which may be a memory map."""
-    prob = model.predict(make_dataset(x, np.zeros(len(x), np.int64), 64, False, 0).map(lambda images, _: images), verbose=0)
+    prob = model.predict(
+        make_dataset(x, np.zeros(len(x), np.int64), 64, False, 0).map(lambda images, _: images), verbose=0
+    )
     prob = prob.astype(np.float64)
     return prob / prob.sum(axis=1, keepdims=True)
 

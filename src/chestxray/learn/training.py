@@ -69,7 +69,12 @@ def loss_for(cfg: TrainConfig, y: np.ndarray, classes: Sequence[str]) -> keras.l
 
 
 def train_model(
-    params: Params, cache_dir: Path, model_dir: Path, metrics_json: Path, reports_dir: Path, data_records: Sequence[Path] = ()
+    params: Params,
+    cache_dir: Path,
+    model_dir: Path,
+    metrics_json: Path,
+    reports_dir: Path,
+    data_records: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Train ``params.model`` on the cache; write the best model, its run id, metrics and curves.
     ``data_records`` (the data stages' metrics JSON) go to the MLflow run as provenance."""
@@ -83,7 +88,13 @@ def train_model(
     x_train, y_train = load_split(cache_dir, "train")
     x_val, y_val = load_split(cache_dir, "val")
     train_ds = make_dataset(
-        x_train, y_train, batch_size, True, params.seed, augmenter(cfg.augment, params.seed), balanced=cfg.imbalance == "oversample"
+        x_train,
+        y_train,
+        batch_size,
+        True,
+        params.seed,
+        augmenter(cfg.augment, params.seed),
+        balanced=cfg.imbalance == "oversample",
     )
     val_ds = make_dataset(x_val, y_val, batch_size, False, params.seed)
     with devices.dtype_policy_scope(policy), strategy.scope():
@@ -100,13 +111,18 @@ def train_model(
     history_csv = curves_dir / "history.csv"
     history_csv.unlink(missing_ok=True)
 
-    with atomic_path(model_dir, is_dir=True) as out, tracking.run(tracking.run_tags(params.model, data_version)) as run_id:
+    with (
+        atomic_path(model_dir, is_dir=True) as out,
+        tracking.run(tracking.run_tags(params.model, data_version)) as run_id,
+    ):
         resolved = {"dtype_policy": policy, "replicas": strategy.num_replicas_in_sync, "global_batch_size": batch_size}
         tracking.log_params({**params.flat, "resolved": resolved})
         tracking.log_data_records({p.stem: read_json(p) for p in data_records if p.exists()})
         checkpoint = keras.callbacks.ModelCheckpoint(out / "model.keras", monitor=cfg.monitor, save_best_only=True)
         csv_log = keras.callbacks.CSVLogger(history_csv, append=True)  # one row per epoch, written as it ends
-        to_mlflow = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: tracking.log_metrics(logs, step=epoch))
+        to_mlflow = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: tracking.log_metrics(logs, step=epoch)
+        )
         epoch, start, fine_tune_epoch = 0, time.perf_counter(), None
         for phase, epochs, rate, unfreeze in phases:
             if unfreeze is None:
@@ -117,7 +133,13 @@ def train_model(
             with strategy.scope():
                 optimizer = keras.optimizers.Adam(rate, use_ema=cfg.ema_momentum > 0, ema_momentum=cfg.ema_momentum)
                 model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-            log.info("phase %s: %d epochs at learning rate %g, %d trainable weights", phase, epochs, rate, len(model.trainable_weights))
+            log.info(
+                "phase %s: %d epochs at learning rate %g, %d trainable weights",
+                phase,
+                epochs,
+                rate,
+                len(model.trainable_weights),
+            )
             fit = model.fit(
                 train_ds,
                 validation_data=val_ds,
@@ -129,7 +151,9 @@ def train_model(
                     *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema_momentum else []),
                     checkpoint,
                     keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience),
-                    keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, factor=0.5, patience=max(1, cfg.patience // 2)),
+                    keras.callbacks.ReduceLROnPlateau(
+                        monitor=cfg.monitor, factor=0.5, patience=max(1, cfg.patience // 2)
+                    ),
                     csv_log,
                     to_mlflow,
                 ],
@@ -154,7 +178,13 @@ def train_model(
         plot_history(curves, curves_dir / "curves.png", fine_tune_start=fine_tune_epoch)
         tracking.log_artifacts(curves_dir, "train")
         write_json(metrics_json, metrics)
-    log.info("best epoch %d (of 0..%d): val_loss %.4f, val_accuracy %.4f", metrics["best_epoch"], metrics["epochs_run"] - 1, metrics["best_val_loss"], metrics["best_val_accuracy"])
+    log.info(
+        "best epoch %d (of 0..%d): val_loss %.4f, val_accuracy %.4f",
+        metrics["best_epoch"],
+        metrics["epochs_run"] - 1,
+        metrics["best_val_loss"],
+        metrics["best_val_accuracy"],
+    )
     return metrics
 
 

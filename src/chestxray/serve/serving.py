@@ -85,7 +85,9 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
             try:
                 images.append(decode(from_base64(value, f"row {i}"), self.image_size, f"row {i}"))
             except UserError as exc:
-                raise MlflowException.invalid_parameter_value(f"{exc}; send each image file base64-encoded in column '{INPUT_COLUMN}'") from None
+                raise MlflowException.invalid_parameter_value(
+                    f"{exc}; send each image file base64-encoded in column '{INPUT_COLUMN}'"
+                ) from None
         return self.predict_images(np.stack(images))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

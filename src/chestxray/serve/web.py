@@ -51,7 +51,9 @@ def _megabytes(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
-def create_app(model: serving.XrayClassifier, model_uri: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
+def create_app(
+    model: serving.XrayClassifier, model_uri: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES
+) -> FastAPI:
     """The FastAPI app around a loaded model (``serving.load``)."""
     app = FastAPI(title="chestxray", description=__doc__, docs_url=None, redoc_url=None)
     # base64 makes 4 characters of every 3 bytes; allow some room for the JSON around it.
@@ -82,7 +84,12 @@ def create_app(model: serving.XrayClassifier, model_uri: str | None = None, max_
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        info = {"uri": model_uri, "classes": list(model.classes), "image_size": model.image_size, "threshold": model.threshold}
+        info = {
+            "uri": model_uri,
+            "classes": list(model.classes),
+            "image_size": model.image_size,
+            "threshold": model.threshold,
+        }
         return {"status": "ok", "model": info, "max_upload_bytes": max_upload_bytes}
 
     @app.post("/predict")
@@ -110,7 +117,9 @@ def create_app(model: serving.XrayClassifier, model_uri: str | None = None, max_
             if not isinstance(value, str) or not isinstance(name, str):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            raise HTTPException(400, 'send JSON {"image": "<the image file, base64-encoded>", "name": "<optional file name>"}') from None
+            raise HTTPException(
+                400, 'send JSON {"image": "<the image file, base64-encoded>", "name": "<optional file name>"}'
+            ) from None
         try:
             data = serving.from_base64(value, name)
         except UserError as exc:
