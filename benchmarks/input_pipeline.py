@@ -7,7 +7,8 @@ this project's one-time decode into the uint8 cache (``prepare_cache``, serial) 
 (``make_dataset`` over the memory-mapped cache, without and with the train stage's augmentation),
 ``tf.keras.preprocessing.image.ImageDataGenerator().flow_from_directory`` (legacy; decodes every
 PNG every epoch, in the calling thread; also with the same augmentation, contrast aside, for a
-like-for-like ``speedup_vs_imagedatagenerator_both_augmenting``) and ``keras.utils.image_dataset_from_directory`` (decodes
+like-for-like ``speedup_vs_imagedatagenerator_both_augmenting``) and
+``keras.utils.image_dataset_from_directory`` (decodes
 every epoch, in tf.data's parallel map). Each reader gets one warm-up pass, then ``--epochs`` full
 passes are timed; every batch is converted to NumPy, as a training loop would consume it. No model
 runs, so these are upper bounds of what training can draw; after the warm-up pass the PNGs are in
@@ -34,7 +35,7 @@ import pandas as pd
 
 from chestxray.config import load_params
 from chestxray.data import synthetic
-from chestxray.data.cache import load_split, make_dataset, prepare_cache
+from chestxray.data.cache import load_split, prepare_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 AMORTISED_EPOCHS = (10, 30)
@@ -54,7 +55,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from chestxray.learn.training import augmenter, seed_everything
+    from chestxray.learn.inputs import augmenter, make_dataset
+    from chestxray.learn.training import seed_everything
 
     seed_everything(params.seed, params.train.deterministic)
     size, batch = args.size, args.batch

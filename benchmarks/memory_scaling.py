@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from chestxray.config import CACHE_DIR, SPLIT_CSV
 from chestxray.data.cache import prepare_cache
-from chestxray.data.splitting import SPLITS
-from chestxray.data.synthetic import REAL_COUNTS
+from chestxray.data.radiography import REAL_COUNTS
+from chestxray.data.split_table import SPLITS
+from chestxray.paths import CACHE_DIR, SPLIT_CSV
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224

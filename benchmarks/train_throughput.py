@@ -38,9 +38,10 @@ import pandas as pd
 import yaml
 
 from chestxray.config import parse_params
-from chestxray.data.cache import load_split, make_dataset, prepare_cache
+from chestxray.data.cache import load_split, prepare_cache
+from chestxray.learn.inputs import augmenter, make_dataset
 from chestxray.learn.models import build_model
-from chestxray.learn.training import augmenter, seed_everything
+from chestxray.learn.training import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, CLASSES = 224, 4
@@ -92,12 +93,12 @@ def main() -> None:
         }
         cases = {}
         for name, case in CASES:
-            backbone = parse_params({**raw, "model": name}).backbone
-            model, base = build_model(name, SIZE, CLASSES, "none", backbone, params.train.head)
+            backbone = parse_params(raw).backbones[name]
+            model, base = build_model(name, SIZE, CLASSES, "none", backbone.constructor_args, params.train.head)
             base.trainable = case == "full"
             steps = args.steps * (FROZEN_STEP_FACTOR if case == "frozen" else 1)
             sides = ("pipeline", "bare_fit", "pipeline_augment") if case == "frozen" else ("pipeline", "bare_fit")
-            lr = float(backbone["learning_rate"])
+            lr = backbone.learning_rate
             rates = {}
             for side in sides:
                 rates[side] = _rate(model, lr, feeds[side](), args.batch, args.warmup, steps)

@@ -3,7 +3,7 @@
     python benchmarks/validation.py [--images 5000]
 
 Times the one decode per image (serial, then one process per core), the whole validate step
-(decode, both expectation suites with Data Docs, duplicate search, EDA, MLflow run in a temporary
+(decode, both expectation suites with Data Docs, duplicate search, MLflow run in a temporary
 store), and the all-pairs near-duplicate search (the one quadratic part) on 21,165 random hashes,
 the size of the Kaggle database. Prints the figures and writes them to
 benchmarks/results/validation.json.
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from chestxray.config import RAW_DIR, load_params
+from chestxray.config import load_params
 from chestxray.data import synthetic
 from chestxray.data.duplicates import find_duplicates
 from chestxray.data.images import inspect_all
 from chestxray.data.layouts import read_layout
+from chestxray.paths import RAW_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmark")
@@ -50,9 +51,7 @@ def main() -> None:
         paths = list(read_layout(work / RAW_DIR)[0]["path"])
         serial = _rate(lambda: inspect_all(paths, workers=1), len(paths))
         parallel = _rate(lambda: inspect_all(paths), len(paths))
-        stage = _rate(
-            lambda: validate_dataset(work / RAW_DIR, params.data, params.validate, params.seed, work), len(paths)
-        )
+        stage = _rate(lambda: validate_dataset(params.data, params.validate_, work), len(paths))
     result = {
         "images": len(paths),
         "image_size": "299x299 PNG, 8-bit grey",
@@ -62,7 +61,7 @@ def main() -> None:
         "decode_images_per_second_parallel": parallel,
         "parallel_speedup": round(parallel / serial, 2),
         "validate_images_per_second": stage,
-        "duplicate_search_seconds_21k": _duplicate_search_seconds(21165, params.validate.near_duplicate_distance),
+        "duplicate_search_seconds_21k": _duplicate_search_seconds(21165, params.validate_.near_duplicate_distance),
     }
     out = ROOT / "benchmarks/results/validation.json"
     out.parent.mkdir(parents=True, exist_ok=True)

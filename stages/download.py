@@ -1,10 +1,7 @@
 """download: generate (synthetic), download (Kaggle) or copy (local) the dataset into data/raw/."""
 
-from chestxray.config import DOWNLOADS_DIR, METRICS_DIR, RAW_DIR
 from chestxray.data.sources import fetch_dataset
 from chestxray.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage(
-        "download", lambda p: fetch_dataset(p.data, p.seed, RAW_DIR, DOWNLOADS_DIR, METRICS_DIR / "download.json")
-    )
+    run_stage("download", lambda p: fetch_dataset(p.data, p.seed))

@@ -22,6 +22,7 @@ os.environ["KAGGLE_CONFIG_DIR"] = str(KAGGLE_CONFIG_DIR)
 
 import yaml
 
+from chestxray import paths
 from chestxray.config import Params, load_params, parse_params
 from chestxray.data import synthetic
 
@@ -49,6 +50,17 @@ def radiography_sample(shared: Path) -> Path:
 def radiography_zip(radiography_sample: Path) -> bytes:
     """The sample as Kaggle ships the database: one zip of the folder's contents."""
     return zip_tree(radiography_sample, radiography_sample)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the PNG at ``path``, after checking that it is a whole, valid PNG."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
 
 
 def zip_tree(folder: Path, base: Path) -> bytes:
@@ -114,6 +126,16 @@ def make_params(**overrides) -> Params:
     return parse_params(raw)
 
 
+def project(root: Path, *, raw: Path | None = None, cache: Path | None = None) -> Path:
+    """``root`` laid out as a repository for a stage function (paths.py relative to it), with the
+    given inputs linked in place: ``raw`` as data/raw, ``cache`` as data/processed/cache."""
+    for target, path in ((raw, paths.RAW_DIR), (cache, paths.CACHE_DIR)):
+        if target is not None:
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).symlink_to(target.resolve(), target_is_directory=True)
+    return root
+
+
 @pytest.fixture(scope="session")
 def cache_dir(raw_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The image cache (32 px) of the session's synthetic dataset, split 70/15/15."""
@@ -134,13 +156,13 @@ def trained_model(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """A small CNN trained for a few epochs on the session's cache (32 px), saved as model.keras."""
     import keras
 
-    from chestxray.config import HeadConfig
+    from chestxray.config import HeadSettings
     from chestxray.data.cache import cache_meta, load_split
     from chestxray.learn.models import build_model
 
     keras.utils.set_random_seed(0)
     classes = cache_meta(cache_dir)["classes"]
-    model, _ = build_model("cnn", 32, len(classes), "none", {"filters": [8, 16]}, HeadConfig((), 0.0))
+    model, _ = build_model("cnn", 32, len(classes), "none", {"filters": [8, 16]}, HeadSettings(dense=[], dropout=0.0))
     model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x, y = load_split(cache_dir, "train")
     model.fit(x.astype("float32"), y, epochs=8, batch_size=16, verbose=0)

@@ -14,6 +14,7 @@ length).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import threading
@@ -107,10 +108,8 @@ def _handler(stub: KaggleStub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             cut = stub.mode == "cut" and stub.cuts == 0
             stub.cuts += cut
-            try:
+            with contextlib.suppress(ConnectionError):  # the client may drop a transfer to ask for a range
                 self.wfile.write(data[start : len(data) // 2 if cut else len(data)])
-            except ConnectionError:  # the client dropped this transfer to ask for a range instead
-                pass
 
         def _authorised(self) -> bool:
             given = self.headers.get("Authorization", "")

@@ -57,6 +57,12 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` as UTF-8, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     """Write ``frame`` as CSV without its index, atomically."""
     with atomic_path(path) as tmp:

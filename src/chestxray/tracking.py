@@ -66,8 +66,9 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
-def run_tags(model: str, data_version: str) -> dict[str, str]:
-    """Tags every training run carries: stage, backbone, data version, git commit, DVC experiment."""
+def run_tags(model: str, data_version: str, image_size: int) -> dict[str, str]:
+    """Tags every training run carries: stage, backbone, data version and image size, git commit,
+    DVC experiment."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -76,6 +77,7 @@ def run_tags(model: str, data_version: str) -> dict[str, str]:
         "stage": "train",
         "model": model,
         "data_version": data_version,
+        "data.image_size": str(image_size),
         "mlflow.source.git.commit": commit,
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
@@ -103,6 +105,11 @@ def log_params(params: Mapping[str, Any]) -> None:
     mlflow.log_params({k: str(v) for k, v in flatten(dict(params)).items()})
 
 
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Set tags on the active run (values as text); unlike params, a tag may change."""
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
 def log_metrics(metrics: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
     """Log every finite number in ``metrics`` (nested dicts flattened with dots) under ``prefix``."""
     numbers = {
@@ -125,11 +132,14 @@ def log_artifacts(path: Path, artifact_path: str | None) -> None:
 def log_data_records(records: Mapping[str, Mapping[str, Any]]) -> None:
     """Log the data stages' records (``{"download": {...}, "validate": {...}}``) as
     ``data/<name>.json`` artifacts, and where the data came from as ``data.*`` tags (source,
-    Kaggle slug and version, archive sha256)."""
+    Kaggle slug and version, archive sha256, task)."""
     for name, record in records.items():
         mlflow.log_dict(dict(record), f"data/{name}.json")
     download = records.get("download", {})
-    mlflow.set_tags({f"data.{k}": str(download[k]) for k in ("source", "slug", "version", "sha256") if k in download})
+    tags = {f"data.{k}": str(download[k]) for k in ("source", "slug", "version", "sha256") if k in download}
+    if "task" in records.get("validate", {}):
+        tags["data.task"] = records["validate"]["task"]["name"]
+    mlflow.set_tags(tags)
 
 
 def runs_for(data_version: str) -> list[dict[str, Any]]:

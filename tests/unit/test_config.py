@@ -1,4 +1,5 @@
-"""params.yaml validation: every bad key fails in one line naming the key and what is allowed."""
+"""params.yaml checks: every bad key or value fails in one line naming the key and what it takes;
+names kept by a registry fail where the registry is used, with the same kind of line."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import pytest
 import yaml
 
 from chestxray.config import flatten, load_params, parse_params
+from chestxray.data import layouts
 from chestxray.errors import UserError
+from chestxray.judge import metrics
+from chestxray.learn import backbones
 from chestxray.learn.backbones import BACKBONES
 from conftest import REPO, make_params
 
@@ -18,53 +22,134 @@ RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 def test_repository_params_are_valid(params):
     assert params.model == "cnn" and set(RAW["backbones"]) == set(BACKBONES)  # settings for every backbone
     assert params.data.source == "synthetic" and params.train.weights == "none"
-    assert params.backbone == RAW["backbones"][params.model]
-    assert params.flat["backbones.mobilenetv2.alpha"] == RAW["backbones"]["mobilenetv2"]["alpha"]
+    assert params.backbones["mobilenetv2"].constructor_args == {"alpha": RAW["backbones"]["mobilenetv2"]["alpha"]}
+    assert params.backbones["cnn"].learning_rate == RAW["backbones"]["cnn"]["learning_rate"]
+    assert params.validate_.min_side == RAW["validate"]["min_side"]
 
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("model", "alexnet", "model must be one of " + ", ".join(BACKBONES) + ", got 'alexnet'"),
         (
             "train.imbalance",
             "smote",
-            "train.imbalance must be one of none, class_weight, oversample, focal, got 'smote'",
+            "train.imbalance must be one of 'none', 'class_weight', 'oversample' or 'focal', got 'smote'",
         ),
         (
             "train.focal.alpha",
             {"COVID": 1},
-            "train.focal.alpha must be 'balanced' or a weight > 0 for each class: COVID, Lung_Opacity, Normal, Viral Pneumonia, got {'COVID': 1}",
+            "train.focal.alpha must be 'balanced' or a weight > 0 for each class: COVID, Lung_Opacity, Normal,"
+            " Viral Pneumonia; got {'COVID': 1.0}",
         ),
-        ("train.focal.gamma", -1, "train.focal.gamma must be a number >= 0, got -1"),
         (
-            "train.head.dense",
-            [256, 0],
-            "train.head.dense must be a list of layer widths (integers >= 1), e.g. [] or [256], got [256, 0]",
+            "train.focal.alpha",
+            {"COVID": -1},
+            "train.focal.alpha must be 'balanced' or a weight > 0 per class, got {'COVID': -1}",
         ),
-        ("train.head.dropout", 1.0, "train.head.dropout must be a fraction in [0, 1), got 1.0"),
+        ("train.focal.gamma", -1, "train.focal.gamma must be greater than or equal to 0, got -1"),
+        ("train.head.dense", [256, 0], "train.head.dense[1] must be greater than or equal to 1, got 0"),
+        ("train.head.dropout", 1.0, "train.head.dropout must be less than 1, got 1.0"),
         (
             "train.mixed_precision",
             "fp16",
-            "train.mixed_precision must be one of auto, float32, mixed_float16, mixed_bfloat16, got 'fp16'",
+            "train.mixed_precision must be one of 'auto', 'float32', 'mixed_float16' or 'mixed_bfloat16', got 'fp16'",
         ),
-        ("train.distribute", "tpu", "train.distribute must be one of auto, none, mirrored, got 'tpu'"),
-        ("train.augment.shear", 2.0, "train.augment.shear must be a fraction in [0, 1), got 2.0"),
-        ("data.source", "s3", "data.source must be one of synthetic, kaggle, local, got 's3'"),
-        ("train.epochs", "ten", "train.epochs must be an integer >= 1, got 'ten'"),
-        ("train.epochs", True, "train.epochs must be an integer >= 1, got True"),
-        ("train.weights", "random", "train.weights must be one of imagenet, none, got 'random'"),
-        ("data.image_size", 8, "data.image_size must be an integer >= 32, got 8"),
-        ("split.test", 1.5, "split.test must be a fraction in (0, 1), got 1.5"),
-        ("split.use_source_split", "yes", "split.use_source_split must be true or false, got 'yes'"),
-        ("validate.max_reject_fraction", 1.0, "validate.max_reject_fraction must be a fraction in [0, 1), got 1.0"),
-        ("validate.near_duplicate_distance", -1, "validate.near_duplicate_distance must be an integer >= 0, got -1"),
+        ("train.distribute", "tpu", "train.distribute must be one of 'auto', 'none' or 'mirrored', got 'tpu'"),
+        ("train.augment.shear", 2.0, "train.augment.shear must be less than 1, got 2.0"),
+        ("data.source", "s3", "data.source must be one of 'synthetic', 'kaggle' or 'local', got 's3'"),
+        ("data.task", "5class", "data.task must be one of '4class', '3class' or 'binary', got '5class'"),
+        (
+            "data.label_map",
+            {"healthy": "Healthy"},
+            "data.label_map.healthy must be one of 'COVID', 'Lung_Opacity', 'Normal' or 'Viral Pneumonia',"
+            " got 'Healthy'",
+        ),
+        ("train.epochs", "ten", "train.epochs must be a valid integer, got 'ten'"),
+        ("train.epochs", True, "train.epochs must be a valid integer, got True"),  # no coercion: YAML's yes is not 1
+        ("train.epochs", 0, "train.epochs must be greater than or equal to 1, got 0"),
+        ("train.weights", "random", "train.weights must be one of 'imagenet' or 'none', got 'random'"),
+        ("seed", "abc", "seed must be a valid integer, got 'abc'"),
+        ("data.image_size", 8, "data.image_size must be greater than or equal to 32, got 8"),
+        ("data.layout", "", "data.layout must have at least 1 character, got ''"),
+        ("split.test", 1.5, "split.test must be less than 1, got 1.5"),
+        ("split.val", 0.9, "split.val + split.test must be below 1, got 1.05"),
+        ("split.use_source_split", "yes", "split.use_source_split must be a valid boolean, got 'yes'"),
+        ("validate.max_reject_fraction", 1.0, "validate.max_reject_fraction must be less than 1, got 1.0"),
+        (
+            "validate.near_duplicate_distance",
+            -1,
+            "validate.near_duplicate_distance must be greater than or equal to 0, got -1",
+        ),
         ("validate.max_side", 32, "validate.max_side (32) is below validate.min_side (64)"),
+        ("evaluate.bootstrap", 10, "evaluate.bootstrap must be greater than or equal to 1000, got 10"),
+        ("evaluate.target_sensitivity", 1.5, "evaluate.target_sensitivity must be less than or equal to 1, got 1.5"),
+        ("backbones.cnn.learning_rate", 0, "backbones.cnn.learning_rate must be greater than 0, got 0"),
     ],
 )
-def test_bad_values_name_key_and_allowed_values(key, value, message):
+def test_bad_values_name_key_and_what_it_takes(key, value, message):
     with pytest.raises(UserError) as err:
         make_params(**{key: value})
+    assert str(err.value) == f"params.yaml: {message}"
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("train.epoch", "unknown key 'train.epoch'; did you mean 'train.epochs'?"),
+        ("evaluate.bootstrapp", "unknown key 'evaluate.bootstrapp'; did you mean 'evaluate.bootstrap'?"),
+        ("train.augment.rotaton", "unknown key 'train.augment.rotaton'; did you mean 'train.augment.rotation'?"),
+        ("trian", "unknown key 'trian'; did you mean 'train'?"),
+        ("data.kaggle.token", "unknown key 'data.kaggle.token'; remove it (see docs/params.md)"),
+    ],
+)
+def test_unknown_keys_fail_with_a_suggestion(key, message):
+    raw = copy.deepcopy(RAW)
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[last] = 30
+    with pytest.raises(UserError) as err:
+        parse_params(raw)
+    assert str(err.value) == f"params.yaml: {message}"
+
+
+def test_a_backbone_takes_its_constructor_arguments_as_they_are():
+    params = make_params(**{"backbones.mobilenetv2.alpha": 0.35, "backbones.cnn.filters": [8, 16]})
+    assert params.backbones["mobilenetv2"].constructor_args == {"alpha": 0.35}
+    assert params.backbones["cnn"].constructor_args == {"filters": [8, 16]}
+
+
+@pytest.mark.parametrize(
+    ("check", "key", "value", "message"),
+    [
+        (
+            lambda p: backbones.settings(p),
+            "model",
+            "alexnet",
+            "model must be one of " + ", ".join(BACKBONES) + ", got 'alexnet'",
+        ),
+        (
+            lambda p: layouts.get(p.data.layout),
+            "data.layout",
+            "folders",
+            "data.layout must be one of auto, covid19-radiography, covid19-image-dataset, csv, class-folders,"
+            " got 'folders'",
+        ),
+        (
+            lambda p: metrics.get(p.compare.metric),
+            "compare.metric",
+            "f1",
+            "compare.metric must be one of " + ", ".join(m.name for m in metrics.METRICS) + ", got 'f1'",
+        ),
+    ],
+)
+def test_registry_names_fail_where_the_registry_is_used(check, key, value, message):
+    """config.py does not import the registries (every stage imports config.py, so adding a
+    backbone, layout or metric would re-run every stage); each registry checks its own name."""
+    params = make_params(**{key: value})
+    with pytest.raises(UserError) as err:
+        check(params)
     assert str(err.value) == f"params.yaml: {message}"
 
 
@@ -76,7 +161,7 @@ def test_local_source_needs_a_path():
 def test_missing_key_is_named():
     raw = copy.deepcopy(RAW)
     del raw["train"]["batch_size"]
-    with pytest.raises(UserError, match=r"missing key 'train.batch_size'"):
+    with pytest.raises(UserError, match=r"missing key 'train.batch_size'; add it \(see docs/params.md\)"):
         parse_params(raw)
 
 
@@ -85,7 +170,7 @@ def test_missing_backbone_settings_are_named():
     raw["model"] = "vgg19"
     del raw["backbones"]["vgg19"]
     with pytest.raises(UserError, match=r"missing key 'backbones.vgg19'"):
-        parse_params(raw)
+        backbones.settings(parse_params(raw))
 
 
 def test_missing_and_broken_files(tmp_path):
@@ -97,7 +182,18 @@ def test_missing_and_broken_files(tmp_path):
 
 
 def test_flatten():
-    assert flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [2], "e": "x"}
+    assert flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": "x", "f": {}}) == {"a.b": 1, "a.c.d": [2], "e": "x", "f": {}}
+
+
+def test_flat_gives_the_settings_under_the_keys_a_stage_reads(params):
+    flat = params.flat("seed", "model", "backbones.mobilenetv2", "train.augment")
+    assert flat == {
+        "seed": 42,
+        "model": "cnn",
+        "backbones.mobilenetv2.learning_rate": 0.001,
+        "backbones.mobilenetv2.alpha": 1.0,
+        **{f"train.augment.{k}": v for k, v in RAW["train"]["augment"].items()},
+    }
 
 
 def test_focal_alpha_per_class_follows_the_task():

@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from chestxray.data.cache import cache_meta, load_split, make_dataset, prepare_cache
+from chestxray.data.cache import cache_meta, load_split, prepare_cache
 from chestxray.data.images import inspect, load_gray
 from chestxray.data.labels import apply_task
 from chestxray.data.layouts import read_layout
-from chestxray.data.splitting import assign_splits, data_version
+from chestxray.data.split_table import data_version
+from chestxray.data.splitting import assign_splits
+from chestxray.learn.inputs import make_dataset
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 

@@ -135,7 +135,7 @@ def test_a_failure_leaves_the_old_report_and_a_success_replaces_it(tmp_path):
     (out / "sentinel").write_text("old")
     table = dataset(tmp_path).query("label == 'Viral Pneumonia'").reset_index(drop=True)
     broken = table.assign(path=[*table["path"][:2], str(tmp_path / "gone.png")])
-    with pytest.raises(FileNotFoundError, match="gone.png"):
+    with pytest.raises(FileNotFoundError, match=r"gone\.png"):
         write_eda(broken, CLASSES, out, seed=0)  # the grid shows all 3 images, the missing one too
     assert [p.name for p in out.iterdir()] == ["sentinel"] and (out / "sentinel").read_text() == "old"
     assert [p.name for p in out.parent.iterdir()] == ["eda"]

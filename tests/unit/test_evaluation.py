@@ -10,20 +10,19 @@ import pytest
 from sklearn import metrics as skm
 
 from chestxray.errors import UserError
-from chestxray.judge.evaluation import (
+from chestxray.judge.evaluation import pr_curves, roc_curves
+from chestxray.judge.metrics import (
+    METRICS,
     bootstrap_ci,
-    choose_threshold,
     classification_metrics,
     confusion,
     expected_calibration_error,
-    operating_point,
-    pr_curves,
     reliability,
-    roc_curves,
 )
-from chestxray.serve.serving import decide
+from chestxray.judge.operating_point import choose_threshold, operating_point
+from chestxray.serve.decision import decide
 
-CLASSES = ["A", "B", "C"]
+CLASSES = ["COVID", "B", "C"]  # every task has COVID, the positive class
 # true, predicted (argmax)
 Y_TRUE = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
 Y_PROB = np.array(
@@ -41,20 +40,20 @@ Y_PROB = np.array(
     ]
 )
 # Confusion matrix (rows true, cols predicted):
-#   A: 3 1 0 | B: 1 2 0 | C: 0 1 2     column sums 4, 4, 2
-PRECISION = {"A": 3 / 4, "B": 2 / 4, "C": 2 / 2}
-RECALL = {"A": 3 / 4, "B": 2 / 3, "C": 2 / 3}
-F1 = {"A": 3 / 4, "B": 4 / 7, "C": 4 / 5}  # 2PR/(P+R)
-SPECIFICITY = {"A": 5 / 6, "B": 5 / 7, "C": 7 / 7}  # TN/(TN+FP): A TN=10-4-4+3, FP=1 ...
-SUPPORT = {"A": 4, "B": 3, "C": 3}
+#   COVID: 3 1 0 | B: 1 2 0 | C: 0 1 2     column sums 4, 4, 2
+PRECISION = {"COVID": 3 / 4, "B": 2 / 4, "C": 2 / 2}
+RECALL = {"COVID": 3 / 4, "B": 2 / 3, "C": 2 / 3}
+F1 = {"COVID": 3 / 4, "B": 4 / 7, "C": 4 / 5}  # 2PR/(P+R)
+SPECIFICITY = {"COVID": 5 / 6, "B": 5 / 7, "C": 7 / 7}  # TN/(TN+FP): COVID TN=10-4-4+3, FP=1 ...
+SUPPORT = {"COVID": 4, "B": 3, "C": 3}
 # One-vs-rest AUC = fraction of (positive, negative) pairs ranked right, ties count 1/2:
-# A: (6 + 6 + 5.5 + 5) / 24, B: (7 + 7 + 2) / 21, C: (7 + 7 + 6.5) / 21
-AUC = {"A": 15 / 16, "B": 16 / 21, "C": 41 / 42}
+# COVID: (6 + 6 + 5.5 + 5) / 24, B: (7 + 7 + 2) / 21, C: (7 + 7 + 6.5) / 21
+AUC = {"COVID": 15 / 16, "B": 16 / 21, "C": 41 / 42}
 # Average precision = Σ (ΔR) · P over the thresholds, highest first (tied scores form one step):
-# A: P 1, 1, 3/4 (0.5 ties a negative), 4/5 at R 1/4, 1/2, 3/4, 1
+# COVID: P 1, 1, 3/4 (0.5 ties a negative), 4/5 at R 1/4, 1/2, 3/4, 1
 # B: P 1, 1 at R 1/3, 2/3; the last positive (0.2) comes with 6 negatives: P 3/9 at R 1
 # C: P 1, 1 at R 1/3, 2/3; 0.3 ties a negative: P 3/4 at R 1
-PR_AUC = {"A": (1 + 1 + 3 / 4 + 4 / 5) / 4, "B": 2 / 3 + 1 / 9, "C": 2 / 3 + 1 / 4}
+PR_AUC = {"COVID": (1 + 1 + 3 / 4 + 4 / 5) / 4, "B": 2 / 3 + 1 / 9, "C": 2 / 3 + 1 / 4}
 # Top-label calibration, 10 bins: confidence 0.5 ×3 (1 right), 0.6 ×3 (2 right), 0.7 ×2 (2), 0.8 ×2 (2)
 ECE = (3 * abs(1 / 3 - 0.5) + 3 * abs(2 / 3 - 0.6) + 2 * abs(1 - 0.7) + 2 * abs(1 - 0.8)) / 10
 
@@ -83,6 +82,8 @@ def test_overall_metrics(result: dict) -> None:
     assert result["weighted_recall"] == approx(7 / 10)  # support-weighted recall is accuracy
     assert result["pr_auc_macro"] == approx(sum(PR_AUC.values()) / 3)
     assert result["ece"] == approx(ECE)
+    assert result["covid_sensitivity"] == approx(3 / 4) and result["covid_specificity"] == approx(5 / 6)
+    assert set(result) == {m.name for m in METRICS} | {"n", "per_class"}  # the registry, and nothing else
 
 
 @pytest.mark.parametrize("name", CLASSES)
@@ -104,21 +105,21 @@ def test_values_are_plain_rounded_floats(result: dict) -> None:
 
 
 def test_log_loss_tiny_case() -> None:
-    out = classification_metrics(np.array([0, 1]), np.array([[0.8, 0.2], [0.4, 0.6]]), ["x", "y"])
+    out = classification_metrics(np.array([0, 1]), np.array([[0.8, 0.2], [0.4, 0.6]]), ["COVID", "y"])
     assert out["log_loss"] == approx(-(math.log(0.8) + math.log(0.6)) / 2)
 
 
 def test_perfect_ranking_gives_auc_one() -> None:
     y_prob = np.array([[0.9, 0.1], [0.6, 0.4], [0.45, 0.55], [0.2, 0.8]])
-    out = classification_metrics(np.array([0, 0, 1, 1]), y_prob, ["x", "y"])
+    out = classification_metrics(np.array([0, 0, 1, 1]), y_prob, ["COVID", "y"])
     assert out["roc_auc_macro"] == 1.0
-    assert out["per_class"]["x"]["roc_auc"] == 1.0 and out["per_class"]["y"]["roc_auc"] == 1.0
+    assert out["per_class"]["COVID"]["roc_auc"] == 1.0 and out["per_class"]["y"]["roc_auc"] == 1.0
 
 
 def test_auc_counts_concordant_pairs_with_ties_as_half() -> None:
     # positives score 0.5, 0.9; negatives 0.2, 0.5 -> pairs: 1 + 0.5 + 1 + 1 = 3.5 of 4
     p1 = np.array([0.2, 0.5, 0.5, 0.9])
-    out = classification_metrics(np.array([0, 0, 1, 1]), np.column_stack([1 - p1, p1]), ["x", "y"])
+    out = classification_metrics(np.array([0, 0, 1, 1]), np.column_stack([1 - p1, p1]), ["COVID", "y"])
     assert out["per_class"]["y"]["roc_auc"] == approx(7 / 8)
 
 
@@ -130,12 +131,21 @@ def test_class_missing_from_y_true() -> None:
     assert c["roc_auc"] is None and c["support"] == 0 and c["recall"] == 0.0
     assert c["precision"] == 0.0  # one wrong prediction of C
     assert c["specificity"] == approx(3 / 4)  # TN=3, FP=1
-    # A: positives 0.7, 0.2 vs negatives 0.3, 0.1 -> 3 of 4 pairs; B ranks perfectly
-    assert out["per_class"]["A"]["roc_auc"] == approx(3 / 4) and out["per_class"]["B"]["roc_auc"] == 1.0
+    # COVID: positives 0.7, 0.2 vs negatives 0.3, 0.1 -> 3 of 4 pairs; B ranks perfectly
+    assert out["per_class"]["COVID"]["roc_auc"] == approx(3 / 4) and out["per_class"]["B"]["roc_auc"] == 1.0
     assert out["roc_auc_macro"] == approx((3 / 4 + 1) / 2)  # mean of the defined AUCs only
     assert out["balanced_accuracy"] == approx((1 / 2 + 1) / 2)  # classes present in y_true
     assert out["log_loss"] == approx(-(math.log(0.7) + math.log(0.2) + math.log(0.6) + math.log(0.8)) / 4)
     json.dumps(out, allow_nan=False)
+
+
+def test_macro_f1_leaves_out_a_class_that_never_occurs() -> None:
+    """Neither actual nor predicted, C has no F1: macro-F1 is the mean over COVID and B, as its
+    bootstrap interval is (a resample can miss a rare class)."""
+    y_prob = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.3, 0.6, 0.1], [0.6, 0.3, 0.1]])
+    out = classification_metrics(np.array([0, 0, 1, 1]), y_prob, CLASSES)
+    assert out["per_class"]["C"]["f1"] == 0.0 and out["per_class"]["C"]["support"] == 0
+    assert out["macro_f1"] == approx((4 / 5 + 2 / 3) / 2)  # COVID: 2·2/(2+3), B: 2·1/(2+1)
 
 
 def test_shape_mismatch_raises() -> None:
@@ -167,7 +177,7 @@ def test_roc_curves_endpoints_and_finite_thresholds() -> None:
 
 def test_roc_curves_skip_class_without_positives() -> None:
     y_prob = np.array([[0.7, 0.2, 0.1], [0.2, 0.1, 0.7], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1]])
-    assert list(roc_curves(np.array([0, 0, 1, 1]), y_prob, CLASSES)) == ["A", "B"]
+    assert list(roc_curves(np.array([0, 0, 1, 1]), y_prob, CLASSES)) == ["COVID", "B"]
 
 
 def test_reliability_table_and_ece() -> None:
@@ -185,14 +195,14 @@ def test_reliability_table_and_ece() -> None:
 def test_pr_curves_end_at_full_recall_and_skip_absent_classes() -> None:
     curves = pr_curves(Y_TRUE, Y_PROB, CLASSES)
     assert list(curves) == CLASSES
-    a = curves["A"]
+    a = curves["COVID"]
     assert list(a.columns) == ["recall", "precision", "threshold"]
     assert a["recall"].max() == 1.0 and (a["recall"].iloc[-1], a["precision"].iloc[-1]) == (0.0, 1.0)
     # step integral of the curve is the average precision worked out above
     area = -np.sum(np.diff(a["recall"]) * a["precision"].iloc[:-1])
-    assert area == approx(PR_AUC["A"])
+    assert area == approx(PR_AUC["COVID"])
     y_prob = np.array([[0.7, 0.2, 0.1], [0.2, 0.1, 0.7], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1]])
-    assert list(pr_curves(np.array([0, 0, 1, 1]), y_prob, CLASSES)) == ["A", "B"]
+    assert list(pr_curves(np.array([0, 0, 1, 1]), y_prob, CLASSES)) == ["COVID", "B"]
 
 
 COVID_CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
@@ -226,14 +236,9 @@ def test_each_ci_contains_its_point_estimate_and_is_seeded() -> None:
     y_true, y_pred = random_predictions(300, seed=5)
     ci = bootstrap_ci(y_true, y_pred, COVID_CLASSES, resamples=1000, seed=42)
     point = classification_metrics(y_true, np.eye(3)[y_pred], COVID_CLASSES)
-    estimates = {
-        "accuracy": point["accuracy"],
-        "macro_f1": point["macro_f1"],
-        "covid_sensitivity": point["per_class"]["COVID"]["recall"],
-        "covid_specificity": point["per_class"]["COVID"]["specificity"],
-    }
-    for name, value in estimates.items():
-        assert ci[name]["low"] < value < ci[name]["high"], name
+    assert set(ci) == {"accuracy", "macro_f1", "covid_sensitivity", "covid_specificity"}
+    for name in ci:
+        assert ci[name]["low"] < point[name] < ci[name]["high"], name
         assert ci[name]["high"] - ci[name]["low"] < 0.2, name  # 300 images: a few points either side
     assert bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=42) == ci
     assert bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=43) != ci
@@ -286,6 +291,20 @@ def test_operating_point_reaches_the_target_on_random_validation_scores() -> Non
         t = choose_threshold(positive, scores, target)
         assert np.mean(scores[positive] >= t) >= target
         assert np.mean(scores[positive] > t) < target  # the next threshold up would miss it
+
+
+def test_the_reported_threshold_is_the_one_that_reaches_the_target() -> None:
+    """Scores with many decimals: a threshold rounded up to 0.944226 would miss the lowest positive
+    it was chosen to catch (0.94422596…), so the served rule would not reach the target; the
+    threshold is kept exact, and applying it gives exactly the reported sensitivities."""
+    positives = [0.9442259609341371, 0.96, 0.97, 0.98, 0.99] * 4 + [0.18]
+    scores = np.array([*positives, 0.5, 0.3, 0.1])
+    y_val = np.array([0] * len(positives) + [1] * 3)
+    prob_val = np.column_stack([scores, 1 - scores])
+    op = operating_point(y_val, prob_val, y_val, prob_val, ["COVID", "non-COVID"], 0.95)
+    assert op["threshold"] == 0.9442259609341371
+    assert np.mean(scores[y_val == 0] >= op["threshold"]) == pytest.approx(op["val_sensitivity"]) == 20 / 21
+    assert decide(prob_val, ["COVID", "non-COVID"], op["threshold"]).tolist()[:5] == [0] * 5
 
 
 def test_operating_point_needs_covid_in_validation() -> None:

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chestxray import reports
-from chestxray.config import HeadConfig
-from chestxray.judge import explain
-from chestxray.judge.explain import MIN_SIDE, gallery, gradcam, overlay, target_layer
+from chestxray.config import HeadSettings
+from chestxray.judge import gallery as gallery_module
+from chestxray.judge.gallery import gallery
 from chestxray.learn.backbones import BACKBONES
+from chestxray.learn.explain import MIN_SIDE, gradcam, overlay, target_layer
 from chestxray.learn.models import build_model
 
-HEAD = HeadConfig((), 0.0)
+HEAD = HeadSettings(dense=[], dropout=0.0)
 # Small settings where a backbone has them (the chosen layer does not depend on the width).
 SMALL = {"cnn": {"filters": [8, 16]}, "mobilenet": {"alpha": 0.25}, "mobilenetv2": {"alpha": 0.35}}
 S, SQUARE = 32, 8  # planted-signal images: side and the bright square's side
@@ -149,7 +149,7 @@ def test_saved_and_loaded_model_gives_the_same_maps(request, tmp_path, name, siz
         x = planted(8, seed=3)[0]
     else:
         keras.utils.set_random_seed(0)
-        model, _ = build_model(name, size, 3, "none", SMALL[name], HeadConfig((8,), 0.2))
+        model, _ = build_model(name, size, 3, "none", SMALL[name], HeadSettings(dense=[8], dropout=0.2))
         x = noise(4, size)
     model.save(tmp_path / "model.keras")
     again = keras.models.load_model(tmp_path / "model.keras")
@@ -197,13 +197,13 @@ def gallery_model() -> keras.Model:
 
 def test_gallery_writes_one_figure_per_class_most_confident_first(gallery_model, tmp_path, monkeypatch):
     explained = []
-    real = explain.gradcam
+    real = gallery_module.gradcam
 
     def spy(model, images, class_index=None):
         explained.append((len(images), list(class_index)))
         return real(model, images, class_index)
 
-    monkeypatch.setattr(explain, "gradcam", spy)
+    monkeypatch.setattr(gallery_module, "gradcam", spy)
     out = tmp_path / "gradcam"
     summary = gallery(gallery_model, noise(9, S), Y, probabilities(PRED, CONF), CLASSES, PATHS, out, per_outcome=3)
 
@@ -238,7 +238,7 @@ def test_gallery_failure_leaves_the_old_gallery(gallery_model, tmp_path, monkeyp
     if failure == "bad prob shape":
         prob, error = prob[:, :2], ValueError
     else:
-        real, calls = reports.save_figure, []
+        real, calls = gallery_module.save_figure, []
 
         def save_then_fail(fig, path):
             calls.append(path.name)
@@ -246,7 +246,7 @@ def test_gallery_failure_leaves_the_old_gallery(gallery_model, tmp_path, monkeyp
                 raise OSError("disk full")
             real(fig, path)
 
-        monkeypatch.setattr(reports, "save_figure", save_then_fail)
+        monkeypatch.setattr(gallery_module, "save_figure", save_then_fail)
         error = OSError
     with pytest.raises(error):
         gallery(gallery_model, noise(9, S), Y, prob, CLASSES, PATHS, out, per_outcome=2)

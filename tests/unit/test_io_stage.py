@@ -13,12 +13,18 @@ from chestxray.stage import run_stage
 from conftest import REPO
 
 
+def write_then_crash(target, write, is_dir: bool = False) -> None:
+    """Write through ``atomic_path`` and crash before it completes."""
+    with atomic_path(target, is_dir=is_dir) as tmp:
+        write(tmp)
+        raise RuntimeError("crash mid-write")
+
+
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     target = tmp_path / "metrics.json"
     write_json(target, {"a": 1})
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.write_text("half")
-        raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError):
+        write_then_crash(target, lambda tmp: tmp.write_text("half"))
     assert read_json(target) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
@@ -26,9 +32,8 @@ def test_folder_is_replaced_whole_or_not_at_all(tmp_path):
     target = tmp_path / "raw"
     target.mkdir()
     (target / "old.png").write_bytes(b"old")
-    with pytest.raises(RuntimeError), atomic_path(target, is_dir=True) as tmp:
-        (tmp / "new.png").write_bytes(b"new")
-        raise RuntimeError("crash")
+    with pytest.raises(RuntimeError):
+        write_then_crash(target, lambda tmp: (tmp / "new.png").write_bytes(b"new"), is_dir=True)
     assert [p.name for p in target.iterdir()] == ["old.png"]
     with atomic_path(target, is_dir=True) as tmp:
         (tmp / "new.png").write_bytes(b"new")
@@ -42,9 +47,7 @@ def test_stage_edge_reports_user_errors_in_one_line(tmp_path, monkeypatch, caplo
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
         run_stage("train", lambda params: None)
     assert exit_.value.code == 1
-    assert [r.getMessage() for r in caplog.records] == [
-        "params.yaml: missing key 'model'; add it (see the README's params table)"
-    ]
+    assert [r.getMessage() for r in caplog.records] == ["params.yaml: missing key 'model'; add it (see docs/params.md)"]
 
     def broken(params):
         raise UserError("data/raw: unknown dataset layout")

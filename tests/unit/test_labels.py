@@ -5,12 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from chestxray.config import MANIFEST_CSV, METRICS_DIR
 from chestxray.data.labels import NO_LABEL, apply_task, task_label
-from chestxray.data.validation import validate_dataset
 from chestxray.errors import UserError
-from chestxray.io import read_json
-from conftest import make_params
 
 RADIOGRAPHY = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 IMAGE_DATASET = ["Covid", "Normal", "Viral Pneumonia"]
@@ -78,28 +74,3 @@ def test_a_task_the_labels_cannot_serve_is_a_clear_error():
         apply_task(table, "4class", {})
     kept, _ = apply_task(table, "binary", {"cats": "COVID", "dogs": "Normal"})
     assert list(kept["label"]) == ["COVID", "non-COVID"]
-
-
-@pytest.mark.parametrize(
-    ("sample", "task", "clean", "excluded"),
-    [
-        ("covid19-radiography-sample", "binary", {"COVID": 30, "non-COVID": 81}, {}),
-        (
-            "covid19-radiography-sample",
-            "3class",
-            {"COVID": 30, "Normal": 30, "Viral Pneumonia": 22},
-            {"Lung_Opacity": 29},
-        ),
-        ("covid19-image-dataset-sample", "3class", {"COVID": 16, "Normal": 10, "Viral Pneumonia": 10}, {}),
-        ("actualmed-sample", "binary", {"COVID": 3, "non-COVID": 3}, {}),
-        ("covid-chestxray-dataset-sample", "binary", {"COVID": 16, "non-COVID": 24}, {"todo": 4, "Unknown": 1}),
-    ],
-)
-def test_validate_labels_each_real_sample_for_the_task(shared, tmp_path, mlflow_store, sample, task, clean, excluded):
-    p = make_params(**{"data.task": task})
-    metrics = validate_dataset(shared / "data" / sample, p.data, p.validate, p.seed, tmp_path)
-    assert metrics["clean"] == clean and metrics["task"]["excluded"] == excluded
-    assert metrics["task"]["name"] == task and metrics["task"]["classes"] == sorted(clean)
-    assert read_json(tmp_path / METRICS_DIR / "validate.json")["task"]["mapping"] == metrics["task"]["mapping"]
-    manifest = pd.read_csv(tmp_path / MANIFEST_CSV, keep_default_na=False)
-    assert manifest["label"].value_counts().to_dict() == clean

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from chestxray.data.layouts import COLUMNS, CsvOptions, detect_layout, read_layout
+from chestxray.config import CsvOptions
+from chestxray.data.layouts import detect_layout, read_layout
+from chestxray.data.layouts.common import COLUMNS
 from chestxray.errors import UserError
 
 EMPTY_RECON = {"matched": 0, "matched_case_insensitive": 0, "files_without_row": 0, "rows_without_file": 0}
@@ -57,7 +59,10 @@ def test_radiography_sample_matches_provenance(shared):
     _check_columns(table)
     provenance = _csv_rows(root / "PROVENANCE.csv")
     expected = {(row["file"], row["class"]) for row in provenance}
-    got = {(Path(p).relative_to(root).as_posix(), label) for p, label in zip(table["path"], table["source_label"])}
+    got = {
+        (Path(p).relative_to(root).as_posix(), label)
+        for p, label in zip(table["path"], table["source_label"], strict=True)
+    }
     assert got == expected and len(table) == len(provenance) == 111
     assert Counter(table["source_label"]) == {"COVID": 30, "Lung_Opacity": 29, "Normal": 30, "Viral Pneumonia": 22}
     for column in ("patient_id", "sex", "age", "view", "mask_path", "source_split", "in_metadata"):
@@ -71,7 +76,7 @@ def test_covid19_image_dataset_sample_matches_notes(shared):
     table, recon = read_layout(root)
     _check_columns(table)
     assert recon == {}
-    counts = Counter(zip(table["source_split"], table["source_label"]))
+    counts = Counter(zip(table["source_split"], table["source_label"], strict=True))
     assert counts == {
         ("train", "Covid"): 10,
         ("train", "Normal"): 6,
@@ -81,7 +86,7 @@ def test_covid19_image_dataset_sample_matches_notes(shared):
         ("test", "Viral Pneumonia"): 4,
     }
     assert Counter(table["path"]) == Counter(_files(root / "Covid19-dataset"))  # every file once, nothing else
-    for path, split, label in zip(table["path"], table["source_split"], table["source_label"]):
+    for path, split, label in zip(table["path"], table["source_split"], table["source_label"], strict=True):
         assert Path(path).parent.name == label and Path(path).parent.parent.name == split
     same_name = table[(table["source_split"] == "train") & table["path"].str.endswith("/01.jpeg")]
     assert sorted(same_name["source_label"]) == ["Covid", "Normal", "Viral Pneumonia"]  # 3 different images
@@ -128,7 +133,7 @@ def test_ieee8023_sample_matches_notes_and_csv(shared):
     assert (table["sex"] == "").sum() == 4 and set(table["sex"]) == {"M", "F", ""}
     assert (table["age"] == "").sum() == 5
     assert not table["age"].str.contains(".", regex=False).any()
-    assert (table["in_metadata"] == True).all()
+    assert table["in_metadata"].eq(True).all()
     assert (table[["mask_path", "source_split"]] == "").all().all()
     # file by file against the CSV as the csv module reads it
     by_path = table.set_index("path")
@@ -159,7 +164,7 @@ def test_actualmed_sample_matches_csv(shared):
     assert len(table) == 6 and Counter(table["source_label"]) == {"COVID-19": 3, "No finding": 3}
     rows = _csv_rows(root / "metadata.csv")
     expected = {(root / "images" / r["imagename"]).as_posix(): (r["finding"], r["patientid"], r["view"]) for r in rows}
-    columns = zip(table["path"], table["source_label"], table["patient_id"], table["view"])
+    columns = zip(table["path"], table["source_label"], table["patient_id"], table["view"], strict=True)
     got = {p: (s, pid, v) for p, s, pid, v in columns}
     assert got == expected
     assert set(table["path"]) == _files(root / "images")
@@ -178,7 +183,7 @@ def test_radiography_metadata_workbooks_are_reconciled(raw_dataset):
     normals = int((table["source_label"] == "Normal").sum())
     assert len(table) == 160 and normals > 0
     assert recon == {**EMPTY_RECON, "matched": 160 - normals, "matched_case_insensitive": normals}
-    assert (table["in_metadata"] == True).all()
+    assert table["in_metadata"].eq(True).all()
     assert all(Path(m).is_file() for m in table["mask_path"])
 
 
@@ -195,7 +200,7 @@ def test_class_folders_descend_into_a_single_wrapper(tmp_path, monkeypatch):
     table, recon = read_layout(root)
     _check_columns(table)
     assert recon == {}
-    assert list(zip(table["path"], table["source_label"])) == [
+    assert list(zip(table["path"], table["source_label"], strict=True)) == [
         ("ds/mydata/cats/a.png", "cats"),
         ("ds/mydata/cats/more/b.PNG", "cats"),
         ("ds/mydata/dogs/c.png", "dogs"),
@@ -241,7 +246,7 @@ def test_csv_with_explicit_options_reconciles_files_and_rows(tmp_path):
         [(images / "e.png").as_posix(), "", "p6", "30"],
         [(images / "missing.png").as_posix(), "Normal", "p2", ""],
     ]
-    assert (table["in_metadata"] == True).all()
+    assert table["in_metadata"].eq(True).all()
     assert (table[["sex", "view", "mask_path", "source_split"]] == "").all().all()
 
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from chestxray.config import HeadConfig
+from chestxray.config import HeadSettings
 from chestxray.errors import UserError
 from chestxray.learn.backbones import BACKBONES
 from chestxray.learn.models import Preprocess, build_model, unfreeze_top
@@ -17,7 +17,7 @@ from conftest import KERAS_HOME
 
 WHITE = np.full((1, 4, 4, 1), 255.0, np.float32)
 MV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
-HEAD = HeadConfig(dense=(), dropout=0.2)
+HEAD = HeadSettings(dense=[], dropout=0.2)
 CAFFE = [255 - 103.939, 255 - 116.779, 255 - 123.68]  # BGR with the ImageNet means subtracted, no scaling
 TORCH_MEAN, TORCH_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 # Small settings so every backbone builds and trains quickly at 32 px.
@@ -63,7 +63,7 @@ def test_rgb_channel_order_is_flipped_for_caffe_models():
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_every_backbone_builds_trains_one_step_and_round_trips(name, tmp_path):
     keras.utils.set_random_seed(0)
-    model, base = build_model(name, 32, 3, "none", {"learning_rate": 0.001, **SMALL.get(name, {})}, HEAD)
+    model, base = build_model(name, 32, 3, "none", SMALL.get(name, {}), HEAD)
     assert base.trainable and model.get_layer("probabilities").units == 3
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 1)).astype(np.float32)
     y = np.array([0, 1, 2, 0])
@@ -80,7 +80,7 @@ def test_every_backbone_builds_trains_one_step_and_round_trips(name, tmp_path):
 
 
 def test_head_is_configurable():
-    model, _ = build_model("cnn", 32, 4, "none", {"filters": [4]}, HeadConfig(dense=(16, 8), dropout=0.4))
+    model, _ = build_model("cnn", 32, 4, "none", {"filters": [4]}, HeadSettings(dense=[16, 8], dropout=0.4))
     head = [layer.name for layer in model.layers[3:]]
     assert head == [
         "pool",
@@ -99,14 +99,14 @@ def test_head_is_configurable():
 def test_unknown_model_lists_valid_names():
     with pytest.raises(
         UserError,
-        match=r"unknown model 'alexnet'; valid: cnn, mobilenet, mobilenetv2, resnet50, resnet50v2, vgg16, vgg19, densenet121, ",
+        match=r"params\.yaml: model must be one of cnn, mobilenet, mobilenetv2, resnet50, resnet50v2, vgg16, vgg19, ",
     ):
         build_model("alexnet", 32, 2, "none", {}, HEAD)
 
 
 def test_unknown_backbone_setting_is_named():
     with pytest.raises(UserError, match=r"backbones.vgg16 has a setting VGG16 does not take"):
-        build_model("vgg16", 32, 2, "none", {"learning_rate": 0.1, "depth": 3}, HEAD)
+        build_model("vgg16", 32, 2, "none", {"depth": 3}, HEAD)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +125,7 @@ def test_imagenet_offline_names_the_file_and_the_folder(monkeypatch, name, file)
     # urllib keeps the first opener it builds, with the proxies of that moment: drop it afterwards
     monkeypatch.setattr(urllib.request, "_opener", None)
     with pytest.raises(UserError) as err:
-        build_model(name, 32, 2, "imagenet", {"learning_rate": 0.1}, HEAD)
+        build_model(name, 32, 2, "imagenet", {}, HEAD)
     message = str(err.value)
     assert f"put {file} in {KERAS_HOME / 'models'}/" in message
     assert "train.weights: none" in message and "\n" not in message
@@ -144,8 +144,8 @@ def test_imagenet_weights_load_from_keras_home(keras_weights, name, alpha, file,
     """Real ImageNet weights (../shared) pre-seeded in $KERAS_HOME/models: Keras loads them from disk
     (at 64 px the MobileNets fall back to the 224 file); the first conv equals the file's kernel."""
     path = keras_weights(file)
-    _, base = build_model(name, 64, 4, "imagenet", {"learning_rate": 0.001, "alpha": alpha}, HEAD)
-    _, random_base = build_model(name, 64, 4, "none", {"learning_rate": 0.001, "alpha": alpha}, HEAD)
+    _, base = build_model(name, 64, 4, "imagenet", {"alpha": alpha}, HEAD)
+    _, random_base = build_model(name, 64, 4, "none", {"alpha": alpha}, HEAD)
     with h5py.File(path) as h5:
         kernel = h5[f"{first_conv}/{first_conv}/kernel:0"][()]
     np.testing.assert_array_equal(base.get_layer(first_conv).kernel.numpy(), kernel)
@@ -158,7 +158,7 @@ def test_imagenet_weights_load_from_keras_home(keras_weights, name, alpha, file,
 
 @pytest.mark.parametrize(("name", "n_layers"), [("mobilenetv2", 20), ("efficientnetb0", 100)])
 def test_unfreeze_top_opens_exactly_the_top_layers_but_batchnorm(name, n_layers):
-    settings = {"learning_rate": 0.1, **SMALL.get(name, {})}
+    settings = SMALL.get(name, {})
     model, base = build_model(name, 32, 2, "none", settings, HEAD)
     base.trainable = False
     n = unfreeze_top(base, n_layers)

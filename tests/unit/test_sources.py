@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from chestxray import paths
 from chestxray.data.sources import extract_zip, fetch_dataset
 from chestxray.errors import UserError
 from chestxray.io import read_json
@@ -19,12 +20,12 @@ def files(root: Path) -> dict[str, bytes]:
 
 def test_synthetic_source_writes_the_layout_and_counts(tmp_path):
     data = make_params(**{"data.synthetic.n_images": 60}).data
-    metrics = fetch_dataset(data, 3, tmp_path / "raw", tmp_path / "downloads", tmp_path / "download.json")
-    written = files(tmp_path / "raw")
+    metrics = fetch_dataset(data, 3, tmp_path)
+    written = files(tmp_path / paths.RAW_DIR)
     assert metrics == {"source": "synthetic", "files": len(written), "bytes": sum(map(len, written.values()))}
-    assert read_json(tmp_path / "download.json") == metrics
+    assert read_json(tmp_path / paths.DOWNLOAD_JSON) == metrics
     assert sum(k.endswith(".png") and "/images/" in k for k in written) == 60
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+    assert [p.name for p in (tmp_path / paths.RAW_DIR).parent.iterdir()] == ["raw"]  # no temp left
 
 
 def test_local_folder_and_zip_give_the_same_raw_data(raw_dataset, tmp_path):
@@ -34,18 +35,20 @@ def test_local_folder_and_zip_give_the_same_raw_data(raw_dataset, tmp_path):
             zf.write(p, p.relative_to(raw_dataset).as_posix())
     for name, path in (("folder", raw_dataset), ("zip", archive)):
         data = make_params(**{"data.source": "local", "data.local.path": str(path)}).data
-        fetch_dataset(data, 0, tmp_path / name, tmp_path / "downloads", tmp_path / f"{name}.json")
-    assert files(tmp_path / "folder") == files(tmp_path / "zip") == files(raw_dataset)
+        fetch_dataset(data, 0, tmp_path / name)
+    raw = paths.RAW_DIR
+    assert files(tmp_path / "folder" / raw) == files(tmp_path / "zip" / raw) == files(raw_dataset)
 
 
 def test_missing_local_path_keeps_existing_raw_data(tmp_path):
-    (tmp_path / "raw").mkdir()
-    (tmp_path / "raw" / "keep.png").write_bytes(b"old")
+    raw = tmp_path / paths.RAW_DIR
+    raw.mkdir(parents=True)
+    (raw / "keep.png").write_bytes(b"old")
     data = make_params(**{"data.source": "local", "data.local.path": str(tmp_path / "nope")}).data
     with pytest.raises(UserError, match=r"data.local.path: .*nope does not exist"):
-        fetch_dataset(data, 0, tmp_path / "raw", tmp_path / "downloads", tmp_path / "download.json")
-    assert files(tmp_path / "raw") == {"keep.png": b"old"}
-    assert not (tmp_path / "download.json").exists()
+        fetch_dataset(data, 0, tmp_path)
+    assert files(raw) == {"keep.png": b"old"}
+    assert not (tmp_path / paths.DOWNLOAD_JSON).exists()
 
 
 @pytest.mark.parametrize("member", ["../evil.png", "/abs/evil.png", "a/../../evil.png"])

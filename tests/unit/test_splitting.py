@@ -3,18 +3,17 @@ source's own split on request, and a leakage check that fails the stage."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from chestxray.config import MANIFEST_CSV, METRICS_DIR, SPLIT_CSV
-from chestxray.data.splitting import _folds, assign_splits, data_version, groups, leakage_pairs, split_dataset
-from chestxray.data.validation import validate_dataset
+from chestxray.data.split_table import data_version
+from chestxray.data.splitting import _folds, assign_splits, groups, leakage_pairs, split_dataset
 from chestxray.errors import UserError
 from chestxray.io import read_json
+from chestxray.paths import MANIFEST_CSV, SPLIT_CSV, SPLIT_JSON
 from conftest import make_params
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
@@ -84,7 +83,7 @@ def test_split_table_is_byte_identical_and_metrics_have_the_interface(tmp_path):
     assert split_dataset(split, 12, seed=42, root=tmp_path) == first
     assert (tmp_path / SPLIT_CSV).read_bytes() == table_bytes
     assert list(pd.read_csv(tmp_path / SPLIT_CSV).columns) == ["path", "label", "split", "group"]
-    assert read_json(tmp_path / METRICS_DIR / "split.json") == first
+    assert read_json(tmp_path / SPLIT_JSON) == first
     assert set(first["counts"]) == {"train", "val", "test"} and set(first["counts"]["test"]) == set(CLASSES)
     assert first["groups"] == 150 and first["leakage"] == {"exact_pairs": 0, "near_pairs": 0}
     assert first["data_version"] == data_version(tmp_path / SPLIT_CSV)
@@ -108,28 +107,10 @@ def test_too_small_classes_and_sources_without_a_split_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"fewer than 3 images.*'b': 2"):
         assign_splits(table, 0.2, 0.2, seed=0)
     write_manifest(tmp_path, manifest())
-    with pytest.raises(UserError, match="split.use_source_split is true but the dataset has no train/test split"):
+    with pytest.raises(UserError, match=r"split\.use_source_split is true but the dataset has no train/test split"):
         split_dataset(make_params(**{"split.use_source_split": True}).split, 12, seed=0, root=tmp_path)
 
 
 @pytest.mark.parametrize(("fraction", "expected"), [(0.15, (20, 3)), (0.2, (5, 1)), (0.3, (10, 3)), (0.5, (2, 1))])
 def test_fractions_become_whole_folds(fraction, expected):
     assert _folds(fraction, max_folds=20) == expected
-
-
-def test_source_split_keeps_its_test_set_and_drops_train_copies(shared, tmp_path, mlflow_store):
-    """The real covid19-image-dataset sample: 3 train images have a byte-identical copy in its test set."""
-    sample = tmp_path / "data" / "raw"
-    shutil.copytree(shared / "data/covid19-image-dataset-sample", sample)
-    p = make_params(**{"data.task": "3class", "split.use_source_split": True})
-    validate_dataset(sample, p.data, p.validate, p.seed, tmp_path)
-    metrics = split_dataset(p.split, p.validate.near_duplicate_distance, p.seed, tmp_path)
-    table = pd.read_csv(tmp_path / SPLIT_CSV)
-    source_test = sorted(str(q.as_posix()) for q in (sample / "Covid19-dataset/test").rglob("*.*"))
-    assert sorted(table.loc[table["split"] == "test", "path"]) == source_test
-    assert metrics["removed_cross_split_duplicates"] == 3
-    left_out = {"069.jpg", "COVID-00012.jpg", "COVID-00033.jpg"}
-    train_names = {Path(q).name for q in table.loc[table["split"] != "test", "path"]}
-    assert not left_out & train_names
-    assert metrics["leakage"] == {"exact_pairs": 0, "near_pairs": 0}
-    assert sum(sum(c.values()) for c in metrics["counts"].values()) == 36 - 3

@@ -16,8 +16,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from chestxray.data import synthetic
-from chestxray.data.layouts import RADIOGRAPHY_CLASSES as CLASSES
+from chestxray.data.radiography import CLASSES
 from chestxray.data.synthetic import generate
+from chestxray.errors import UserError
 
 N = 120
 SEED = 7
@@ -74,8 +75,9 @@ def test_counts_follow_real_shares_by_largest_remainder(dataset: tuple[Path, dic
 
 
 def test_rejects_too_few_images(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="40"):
+    with pytest.raises(UserError) as err:
         generate(tmp_path, 39, SEED)
+    assert str(err.value) == "params.yaml: data.synthetic.n_images must be at least 40, got 39"
 
 
 def test_exact_tree_and_names(dataset: tuple[Path, dict[str, int]]) -> None:

@@ -1,5 +1,5 @@
-"""The uint8 image cache (decoded and resized once per data version and size) and the tf.data
-pipeline that streams it: memory-mapped, shuffled, batched, augmented on the fly, prefetched."""
+"""The uint8 image cache: every image of the split table decoded and resized once per data version
+and size, one memory-mappable array per split (``learn.inputs`` streams it to Keras)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from chestxray.data.images import load_gray
-from chestxray.data.splitting import SPLITS, data_version
+from chestxray.data.split_table import SPLITS, data_version
 from chestxray.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -59,46 +59,3 @@ def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 def cache_meta(cache_dir: Path) -> dict[str, Any]:
     """Class names (index order), image size, counts and data version of the cache."""
     return read_json(cache_dir / "meta.json")
-
-
-def make_dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, augment=None, balanced: bool = False
-):
-    """A tf.data pipeline over (images, labels): batches are gathered from the memory map, so
-    memory holds a few batches, never the dataset; ``augment`` is a Keras layer applied per batch.
-
-    ``balanced`` oversamples: the classes take turns, each cycling through its own images in a
-    fresh shuffled order, so every batch holds the classes in equal numbers (±1); an epoch is
-    still ``len(x)`` images.
-    """
-    import tensorflow as tf
-
-    size = x.shape[1]
-
-    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.sort(idx)
-        return np.asarray(x[idx]), y[idx]
-
-    def load(idx):
-        images, labels = tf.numpy_function(gather, [idx], (tf.uint8, tf.int64), stateful=False)
-        images = tf.ensure_shape(tf.cast(images, tf.float32), (None, size, size, 1))
-        return images, tf.ensure_shape(labels, (None,))
-
-    if balanced:
-        groups = [np.flatnonzero(y == label) for label in np.unique(y)]
-        per_class = [
-            tf.data.Dataset.from_tensor_slices(g).shuffle(len(g), seed=seed + i, reshuffle_each_iteration=True).repeat()
-            for i, g in enumerate(groups)
-        ]
-        turns = tf.data.Dataset.range(len(per_class)).repeat()
-        ds = tf.data.Dataset.choose_from_datasets(per_class, turns).take(len(x))
-    else:
-        ds = tf.data.Dataset.range(len(x))
-        if shuffle:
-            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment is not None:
-        ds = ds.map(
-            lambda a, b: (augment(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
-    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,6 +1,8 @@
 """The dataset at a glance: class balance, random sample grids, image sizes, intensities, demographics.
 
-``write_eda`` writes the PNG plots and one ``index.html`` embedding them into a folder, atomically.
+The eda stage: ``explore_dataset`` reads the clean manifest (what validate measured, so no image is
+decoded again but the few shown in the sample grids) and ``write_eda`` writes the PNG plots and one
+``index.html`` embedding them into a folder, atomically; the folder goes to MLflow in an ``eda`` run.
 """
 
 from __future__ import annotations
@@ -14,18 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
+from chestxray import paths, tracking
 from chestxray.data.images import load_gray
+from chestxray.data.labels import imbalance
+from chestxray.figures import DPI, figure, save_figure
 from chestxray.io import atomic_path
-from chestxray.reports import DPI, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,18 @@ GAP = 4  # px between grid images
 UNKNOWN_SEX = "unknown"
 BINS = 20  # per histogram, shared by its groups
 TITLE = "Dataset at a glance"
+
+
+def explore_dataset(seed: int, root: Path = Path(".")) -> dict[str, Any]:
+    """The eda stage: the report of ``root``'s clean manifest in ``root/reports/eda``, and an ``eda``
+    MLflow run holding it (``seed``, which draws the sample grids, is its one param)."""
+    table = pd.read_csv(root / paths.MANIFEST_CSV, keep_default_na=False)
+    out_dir = root / paths.EDA_DIR
+    summary = write_eda(table, sorted(table["label"].unique()), out_dir, seed)
+    with tracking.run(tags={"stage": "eda"}, name="eda"):
+        tracking.log_params({"seed": seed})
+        tracking.log_artifacts(out_dir, "eda")
+    return summary
 
 
 def write_eda(table: pd.DataFrame, classes: Sequence[str], out_dir: Path, seed: int) -> dict[str, Any]:
@@ -47,7 +59,7 @@ def write_eda(table: pd.DataFrame, classes: Sequence[str], out_dir: Path, seed: 
     counts = {c: int((table["label"] == c).sum()) for c in classes}
     total = sum(counts.values())
     shares = {c: round(n / total, 4) if total else 0.0 for c, n in counts.items()}
-    ratios = _imbalance(counts)
+    ratios = imbalance(counts)
     colours = {c: f"C{i}" for i, c in enumerate(classes)}
     demographics = _demographics(table)
     with atomic_path(out_dir, is_dir=True) as tmp:
@@ -84,16 +96,6 @@ def write_eda(table: pd.DataFrame, classes: Sequence[str], out_dir: Path, seed: 
     }
 
 
-def _imbalance(counts: Mapping[str, int]) -> dict[str, Any]:
-    """Largest / smallest non-empty class (None with fewer than 2 of them) and each class / the largest."""
-    present = [n for n in counts.values() if n]
-    largest = max(present, default=0)
-    return {
-        "max_to_min": round(largest / min(present), 3) if len(present) >= 2 else None,
-        "to_largest": {c: round(n / largest, 3) if largest else 0.0 for c, n in counts.items()},
-    }
-
-
 def _slug(name: str) -> str:
     """A file-name part: lower case, any character but a–z, 0–9 as ``_`` ('Viral Pneumonia' → 'viral_pneumonia')."""
     return re.sub(r"[^a-z0-9]", "_", name.lower())
@@ -111,13 +113,9 @@ def _demographics(table: pd.DataFrame) -> pd.DataFrame | None:
 
 @contextlib.contextmanager
 def _figure(path: Path, size: tuple[float, float], nrows: int = 1, ncols: int = 1) -> Iterator[np.ndarray]:
-    """Yield the (nrows, ncols) axes of a new figure; save it as a PNG at ``path`` on success; always close it."""
-    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained")
-    try:
-        yield axes
-    except BaseException:
-        plt.close(fig)
-        raise
+    """Yield the (nrows, ncols) axes of a new figure; save it as a PNG at ``path`` if the block succeeds."""
+    fig, axes = figure(size, nrows, ncols)
+    yield axes
     save_figure(fig, path)
 
 
@@ -155,7 +153,9 @@ def _plot_grid(rows: pd.DataFrame, cls: str, seed: int, path: Path) -> None:
         mosaic[top : top + THUMB, left : left + THUMB] = load_gray(Path(rows["path"].iloc[i]), THUMB)
     side = mosaic.shape[0] / DPI
     with _figure(path, (side, side + 0.4)) as ((ax,),):
-        ax.imshow(np.ma.masked_invalid(mosaic), cmap=plt.get_cmap("gray").with_extremes(bad="white"), vmin=0, vmax=255)
+        ax.imshow(
+            np.ma.masked_invalid(mosaic), cmap=matplotlib.colormaps["gray"].with_extremes(bad="white"), vmin=0, vmax=255
+        )
         ax.set_title(f"{cls}: {len(picked)} of {len(rows)} images, drawn at random (seed {seed})")
         ax.axis("off")
 
@@ -175,7 +175,7 @@ def _plot_demographics(demo: pd.DataFrame, classes: Sequence[str], colours: Mapp
     """Sex per class (grouped bars), then age histograms by class and by sex."""
     with _figure(path, (17, 4.8), ncols=3) as ((by_sex, age_by_class, age_by_sex),):
         sexes = pd.crosstab(demo["label"], demo["sex"]).reindex(index=list(classes), fill_value=0)
-        sex_colours = {s: plt.cm.Dark2(i % 8) for i, s in enumerate(sexes.columns)}
+        sex_colours = {s: matplotlib.colormaps["Dark2"](i % 8) for i, s in enumerate(sexes.columns)}
         sexes.plot.bar(ax=by_sex, rot=20, width=0.8, color=list(sex_colours.values()))
         by_sex.set(title="Sex per class", xlabel="", ylabel="Images")
         by_sex.legend(title="Sex", fontsize="small")

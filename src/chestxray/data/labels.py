@@ -9,16 +9,10 @@ from typing import Any
 import pandas as pd
 
 from chestxray.errors import UserError
+from chestxray.tasks import COVID, TASKS
 
 log = logging.getLogger(__name__)
 
-TASKS: dict[str, tuple[str, ...]] = {
-    "4class": ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"),
-    "3class": ("COVID", "Normal", "Viral Pneumonia"),
-    "binary": ("COVID", "non-COVID"),
-}
-CLASSES = TASKS["4class"]  # every source label maps to one of these, or is left out
-COVID = "COVID"
 NO_LABEL = "(no label)"  # how an empty source label is reported
 UNLABELLED = {"", "todo", "unknown", "inconclusive"}  # normalised labels that say "not labelled yet"
 
@@ -115,3 +109,18 @@ def apply_task(table: pd.DataFrame, task: str, label_map: dict[str, str | None])
         "excluded": excluded,
     }
     return kept, report
+
+
+def label_counts(table: pd.DataFrame, column: str = "label") -> dict[str, int]:
+    """Rows per value of ``column``, sorted by value, as plain ints (JSON-ready)."""
+    return {str(k): int(v) for k, v in table[column].value_counts().sort_index().items()}
+
+
+def imbalance(counts: dict[str, int]) -> dict[str, Any]:
+    """Largest / smallest non-empty class (None with fewer than 2 of them) and each class / the largest."""
+    present = [n for n in counts.values() if n]
+    largest = max(present, default=0)
+    return {
+        "max_to_min": round(largest / min(present), 3) if len(present) >= 2 else None,
+        "to_largest": {c: round(n / largest, 3) if largest else 0.0 for c, n in counts.items()},
+    }

@@ -15,7 +15,8 @@ from typing import Any
 
 import requests
 
-from chestxray.config import DataConfig
+from chestxray import paths
+from chestxray.config import DataSettings
 from chestxray.data import synthetic
 from chestxray.errors import UserError
 from chestxray.io import atomic_path, write_json
@@ -25,29 +26,30 @@ log = logging.getLogger(__name__)
 
 KAGGLE_ENDPOINT_ENV = "KAGGLE_API_ENDPOINT"
 CREDENTIALS_HELP = (
-    "save kaggle.json (from https://www.kaggle.com/settings, 'Create New Token') in ~/.kaggle/ (or $KAGGLE_CONFIG_DIR), or set "
+    "save kaggle.json (from https://www.kaggle.com/settings, 'Create New Token') in ~/.kaggle/"
+    " (or $KAGGLE_CONFIG_DIR), or set "
     "KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN"
 )
 
 
-def fetch_dataset(
-    data: DataConfig, seed: int, raw_dir: Path, downloads_dir: Path, metrics_json: Path
-) -> dict[str, Any]:
-    """Fill ``raw_dir`` from ``data.source``, atomically; write where it came from and its size.
+def fetch_dataset(data: DataSettings, seed: int, root: Path = Path(".")) -> dict[str, Any]:
+    """Fill ``root/data/raw`` from ``data.source``, atomically; write where it came from and its size
+    to ``root/metrics/download.json``.
 
     Kaggle downloads record ``slug``, ``version``, and the archive's ``size`` and ``sha256``; a
     local archive records its ``size`` and ``sha256``."""
+    raw_dir = root / paths.RAW_DIR
     origin: dict[str, Any] = {}
     with atomic_path(raw_dir, is_dir=True) as tmp:
         if data.source == "synthetic":
-            synthetic.generate(tmp, data.synthetic_images, seed)
+            synthetic.generate(tmp, data.synthetic.n_images, seed)
         elif data.source == "local":
-            origin = ingest_local(Path(data.local_path).expanduser(), tmp)
+            origin = ingest_local(Path(data.local.path).expanduser(), tmp)
         else:
-            origin = download_kaggle(data.kaggle_dataset, tmp, downloads_dir)
+            origin = download_kaggle(data.kaggle.dataset, tmp, root / paths.DOWNLOADS_DIR)
     files = [p for p in raw_dir.rglob("*") if p.is_file()]
     metrics = {"source": data.source, **origin, "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
-    write_json(metrics_json, metrics)
+    write_json(root / paths.DOWNLOAD_JSON, metrics)
     log.info("%s dataset in %s: %d files, %.1f MB", data.source, raw_dir, metrics["files"], metrics["bytes"] / 1e6)
     return metrics
 
@@ -134,7 +136,8 @@ def download_kaggle(dataset: str, dest: Path, downloads_dir: Path, retries: int 
                     f" (or {KAGGLE_ENDPOINT_ENV}) and run again"
                 ) from None
             raise UserError(
-                f"Kaggle download of '{dataset}' was cut ({exc.__class__.__name__}); {partial.stat().st_size} bytes are "
+                f"Kaggle download of '{dataset}' was cut ({exc.__class__.__name__});"
+                f" {partial.stat().st_size} bytes are "
                 f"kept in {partial} and the next run resumes from there; check your network and run again"
             ) from None
     origin = {"slug": f"{owner}/{slug}", "version": version, "size": archive.stat().st_size, "sha256": sha256(archive)}

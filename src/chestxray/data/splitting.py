@@ -3,7 +3,6 @@ no duplicate group straddles splits, seeded; then a leakage check. The data vers
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -13,23 +12,23 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from chestxray.config import MANIFEST_CSV, METRICS_DIR, SPLIT_CSV, SplitConfig
+from chestxray import paths
+from chestxray.config import SplitSettings
 from chestxray.data.duplicates import components, near_pairs
-from chestxray.data.layouts import label_counts
+from chestxray.data.labels import label_counts
+from chestxray.data.split_table import COLUMNS, SPLITS, data_version
 from chestxray.errors import UserError
 from chestxray.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-SPLIT_COLUMNS = ("path", "label", "split", "group")
 MAX_FOLDS = 20  # split fractions are met to within 1/40 (a fraction is a whole number of folds)
 
 
-def split_dataset(split: SplitConfig, near_distance: int, seed: int, root: Path = Path(".")) -> dict[str, Any]:
+def split_dataset(split: SplitSettings, near_distance: int, seed: int, root: Path = Path(".")) -> dict[str, Any]:
     """Split ``root``'s clean manifest; write the split table (``path, label, split, group``) and
     ``metrics/split.json`` (counts, groups, leakage). Leakage across splits fails the stage."""
-    manifest = pd.read_csv(root / MANIFEST_CSV, dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(root / paths.MANIFEST_CSV, dtype=str, keep_default_na=False)
     table = assign_splits(manifest, split.val, split.test, seed, split.use_source_split)
     leakage = leakage_pairs(table, near_distance)
     groups = table["group"].nunique()
@@ -40,15 +39,15 @@ def split_dataset(split: SplitConfig, near_distance: int, seed: int, root: Path 
         "removed_cross_split_duplicates": len(manifest) - len(table),
     }
     if any(leakage.values()):
-        write_json(root / METRICS_DIR / "split.json", metrics)
+        write_json(root / paths.SPLIT_JSON, metrics)
         raise UserError(
             f"leakage across splits: {leakage['exact_pairs']} identical and {leakage['near_pairs']} near-identical "
-            f"image pairs (see {root / METRICS_DIR / 'split.json'}); re-run validate with the same "
+            f"image pairs (see {root / paths.SPLIT_JSON}); re-run validate with the same "
             "validate.near_duplicate_distance as split uses"
         )
-    write_csv(root / SPLIT_CSV, table[list(SPLIT_COLUMNS)])
-    metrics["data_version"] = data_version(root / SPLIT_CSV)
-    write_json(root / METRICS_DIR / "split.json", metrics)
+    write_csv(root / paths.SPLIT_CSV, table[list(COLUMNS)])
+    metrics["data_version"] = data_version(root / paths.SPLIT_CSV)
+    write_json(root / paths.SPLIT_JSON, metrics)
     log.info(
         "split %d images in %d groups: %s", len(table), groups, {s: int((table["split"] == s).sum()) for s in SPLITS}
     )
@@ -86,14 +85,17 @@ def groups(table: pd.DataFrame) -> list[str]:
     a duplicate group that spans patients joins them into one group (named by its first key)."""
     dups = list(_column(table, "dup_group"))
     keys = [
-        f"patient:{p}" if p else (d or path) for path, p, d in zip(table["path"], _column(table, "patient_id"), dups)
+        f"patient:{p}" if p else (d or path)
+        for path, p, d in zip(table["path"], _column(table, "patient_id"), dups, strict=True)
     ]
     nodes = sorted(set(keys) | set(filter(None, dups)))
     index = {node: i for i, node in enumerate(nodes)}
-    links = np.array([(index[k], index[d]) for k, d in zip(keys, dups) if d and k != d], np.int64).reshape(-1, 2)
+    links = np.array([(index[k], index[d]) for k, d in zip(keys, dups, strict=True) if d and k != d], np.int64).reshape(
+        -1, 2
+    )
     component = components(len(nodes), links)
     name: dict[int, str] = {}
-    for node, c in zip(nodes, component):
+    for node, c in zip(nodes, component, strict=True):
         name.setdefault(int(c), node)
     return [name[int(component[index[k]])] for k in keys]
 
@@ -115,7 +117,7 @@ def _hold_out(table: pd.DataFrame, pool: np.ndarray, fraction: float, seed: int)
     with warnings.catch_warnings():  # "least populated class has only N members": small classes are expected
         warnings.simplefilter("ignore", UserWarning)
         parts = splitter.split(rows, pool_table["label"], pool_table["group"])
-        for _, (_, held) in zip(range(k), parts):
+        for _, (_, held) in zip(range(k), parts, strict=False):  # the first k folds
             marked[rows[held]] = True
     return marked
 
@@ -156,8 +158,3 @@ def leakage_pairs(table: pd.DataFrame, near_distance: int) -> dict[str, int]:
     split, sha = table["split"].to_numpy(), table["sha256"].to_numpy()
     near = (split[i] != split[j]) & (sha[i] != sha[j])
     return {"exact_pairs": int(exact), "near_pairs": int(near.sum())}
-
-
-def data_version(split_csv: Path) -> str:
-    """The data version: the first 12 hex digits of the split table's sha256."""
-    return hashlib.sha256(Path(split_csv).read_bytes()).hexdigest()[:12]

@@ -1,7 +1,8 @@
 """Deterministic synthetic chest X-rays laid out like the Kaggle COVID-19 Radiography Database.
 
 The embedded default dataset: every image is drawn from numpy generators seeded by
-``(seed, class, number)``, so a given ``(n_images, seed)`` always gives byte-identical files.
+``(seed, class, number)``, so a given ``(n_images, seed)`` gives the same files again on the same
+kind of CPU (NumPy's vectorised maths may differ in the last bit between CPUs).
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from chestxray.data.layouts import RADIOGRAPHY_CLASSES as CLASSES
-from chestxray.data.layouts import RADIOGRAPHY_DIR
+from chestxray.data.radiography import CLASSES, DIR, IMAGES, MASKS, REAL_COUNTS, metadata_file
+from chestxray.errors import UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-REAL_COUNTS = {"COVID": 3616, "Lung_Opacity": 6012, "Normal": 10192, "Viral Pneumonia": 1345}
 IMAGE_SIZE = 299
 MASK_SIZE = 256
 MIN_IMAGES = 40
@@ -50,7 +50,7 @@ def _class_counts(n_images: int) -> dict[str, int]:
     by_remainder = sorted(range(len(CLASSES)), key=lambda i: counts[i] - quotas[i])
     for i in by_remainder[: n_images - sum(counts)]:
         counts[i] += 1
-    return dict(zip(CLASSES, counts))
+    return dict(zip(CLASSES, counts, strict=True))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -204,18 +204,18 @@ def _readme(seed: int, counts: dict[str, int]) -> str:
 def generate(root: Path, n_images: int, seed: int) -> dict[str, int]:
     """Write the synthetic dataset under root/COVID-19_Radiography_Dataset; return images per class."""
     if n_images < MIN_IMAGES:
-        raise ValueError(f"n_images must be >= {MIN_IMAGES}, got {n_images}")
+        raise UserError(f"params.yaml: data.synthetic.n_images must be at least {MIN_IMAGES}, got {n_images}")
     counts = _class_counts(n_images)
-    base = Path(root) / RADIOGRAPHY_DIR
+    base = Path(root) / DIR
     for cls in CLASSES:
-        (base / cls / "images").mkdir(parents=True)
-        (base / cls / "masks").mkdir(parents=True)
-        _write_metadata(base / f"{cls}.metadata.xlsx", cls, counts[cls])
+        (base / cls / IMAGES).mkdir(parents=True)
+        (base / cls / MASKS).mkdir(parents=True)
+        _write_metadata(base / metadata_file(cls), cls, counts[cls])
     jobs = [(k, cls, n) for k, cls in enumerate(CLASSES) for n in range(1, counts[cls] + 1)]
     for k, cls, n in tqdm(jobs, desc="synthetic X-rays", unit="img"):
         image, mask = _render(cls, np.random.default_rng([seed, k, n]))
-        image.save(base / cls / "images" / f"{cls}-{n}.png")
-        mask.save(base / cls / "masks" / f"{cls}-{n}.png")
+        image.save(base / cls / IMAGES / f"{cls}-{n}.png")
+        mask.save(base / cls / MASKS / f"{cls}-{n}.png")
     (base / "README.md.txt").write_text(_readme(seed, counts), encoding="utf-8", newline="\n")
-    logger.info("Wrote %d synthetic images under %s: %s", n_images, base, counts)
+    log.info("Wrote %d synthetic images under %s: %s", n_images, base, counts)
     return counts

@@ -3,8 +3,7 @@
 Two suites run on a per-image table computed by one decode of every image: ``images`` (metadata,
 decoding, format, mode, size, aspect ratio, blank images) and, on the images that pass it,
 ``duplicates`` (the same or a near-identical image under two labels). Their results are Data Docs
-in ``reports/validation/``; the clean images get an EDA report in ``reports/eda/``, and both go
-to MLflow with a ``validate`` run.
+in ``reports/validation/``, which go to MLflow with a ``validate`` run.
 """
 
 from __future__ import annotations
@@ -19,27 +18,19 @@ import numpy as np
 import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from chestxray import tracking
-from chestxray.config import (
-    EDA_DIR,
-    MANIFEST_CSV,
-    METRICS_DIR,
-    REJECTED_CSV,
-    VALIDATION_DOCS_DIR,
-    DataConfig,
-    ValidateConfig,
-)
+from chestxray import paths, tracking
+from chestxray.config import DataSettings, ValidateSettings, flatten
 from chestxray.data.duplicates import find_duplicates
-from chestxray.data.eda import write_eda
 from chestxray.data.images import ImageInfo, inspect_all
-from chestxray.data.labels import TASKS, apply_task
-from chestxray.data.layouts import label_counts, read_layout
+from chestxray.data.labels import apply_task, imbalance, label_counts
+from chestxray.data.layouts import read_layout
 from chestxray.errors import UserError
 from chestxray.io import atomic_path, write_csv, write_json
+from chestxray.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("PNG", "JPEG", "MPO")  # by content; MPO is the JPEG some cameras write
+FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF")  # by content; MPO is the JPEG some cameras write
 MODES = ("L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I;16N", "I")  # RGB may hold grey content
 MEASURES = ("format", "width", "height", "mode", "mean", "std", "sha256", "phash")
 REJECTED_COLUMNS = ("path", "reason", "label", "detail")
@@ -54,20 +45,19 @@ class Check:
     reject_as: str | None
 
 
-def validate_dataset(
-    raw_dir: Path, data: DataConfig, rules: ValidateConfig, seed: int, out: Path = Path(".")
-) -> dict[str, Any]:
-    """Validate ``raw_dir`` (read in ``data.layout``, labelled for ``data.task``); write under
-    ``out`` the clean manifest, the rejected table, ``metrics/validate.json``, Data Docs and EDA.
+def validate_dataset(data: DataSettings, rules: ValidateSettings, out: Path = Path(".")) -> dict[str, Any]:
+    """Validate ``out``'s ``data/raw`` (read in ``data.layout``, labelled for ``data.task``); write under
+    ``out`` the clean manifest, the rejected table, ``metrics/validate.json`` and Data Docs.
     Above ``rules.max_reject_fraction`` rejected, stop (UserError) after writing the rejected
     table, the metrics and Data Docs, but not the manifest."""
+    raw_dir = out / paths.RAW_DIR
     table, reconciliation = read_layout(raw_dir, data.layout, data.csv)
     table, task = apply_task(table, data.task, data.label_map)
     classes = TASKS[data.task]
     _require_classes(label_counts(table), classes, raw_dir, data.task, "has no images")
     table = _measure(table)
 
-    with atomic_path(out / VALIDATION_DOCS_DIR, is_dir=True) as docs:
+    with atomic_path(out / paths.VALIDATION_DOCS_DIR, is_dir=True) as docs:
         suites = _Suites(docs)
         reasons = suites.run("images", _image_checks(classes, rules, has_metadata=bool(reconciliation)), table)
         kept = table.drop(index=list(reasons))
@@ -100,20 +90,24 @@ def validate_dataset(
         "task": task,
     }
     for reason, n in metrics["rejected"].items():
-        log.warning("rejected %d file(s): %s (see %s)", n, reason, out / REJECTED_CSV)
-    write_csv(out / REJECTED_CSV, rejected)
+        log.warning("rejected %d file(s): %s (see %s)", n, reason, out / paths.REJECTED_CSV)
+    write_csv(out / paths.REJECTED_CSV, rejected)
     if not metrics["gate"]["passed"]:
-        write_json(out / METRICS_DIR / "validate.json", metrics)
+        write_json(out / paths.VALIDATE_JSON, metrics)
         raise UserError(
             f"{len(rejected)} of {len(table)} images rejected ({fraction:.1%}), above validate.max_reject_fraction "
-            f"({rules.max_reject_fraction:.1%}); see {out / REJECTED_CSV} for each file's reason, fix the data or "
+            f"({rules.max_reject_fraction:.1%}); see {out / paths.REJECTED_CSV} for each file's reason,"
+            " fix the data or "
             "raise the threshold"
         )
-    _require_classes(metrics["clean"], classes, raw_dir, data.task, f"has no clean images (see {out / REJECTED_CSV})")
-    metrics["imbalance"] = write_eda(clean, classes, out / EDA_DIR, seed)["imbalance"]
-    write_csv(out / MANIFEST_CSV, clean)
-    write_json(out / METRICS_DIR / "validate.json", metrics)
-    _track(metrics, out)
+    _require_classes(
+        metrics["clean"], classes, raw_dir, data.task, f"has no clean images (see {out / paths.REJECTED_CSV})"
+    )
+    metrics["imbalance"] = imbalance({c: metrics["clean"].get(c, 0) for c in classes})
+    write_csv(out / paths.MANIFEST_CSV, clean)
+    write_json(out / paths.VALIDATE_JSON, metrics)
+    settings = {"data": data.model_dump(include={"layout", "task", "label_map", "csv"}), "validate": rules.model_dump()}
+    _track(metrics, flatten(settings), out)
     log.info("validated %d images: %d clean, %d rejected", len(table), len(clean), len(rejected))
     return metrics
 
@@ -135,7 +129,7 @@ def _measure(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(**columns).astype({"width": "Int64", "height": "Int64", "mean": float, "std": float})
 
 
-def _image_checks(classes: tuple[str, ...], rules: ValidateConfig, has_metadata: bool) -> list[Check]:
+def _image_checks(classes: tuple[str, ...], rules: ValidateSettings, has_metadata: bool) -> list[Check]:
     """The ``images`` suite, in order of precedence: a file gets the reason of the first check it fails."""
     e = gx.expectations
     checks = [
@@ -231,7 +225,7 @@ def _rejected_table(table: pd.DataFrame, kept: pd.DataFrame, reasons: dict[int, 
         row = table.loc[i]
         if reasons[i] == "duplicate_label_conflict":
             copies = kept[(kept["dup_group"] == kept.at[i, "dup_group"]) & (kept.index != i)]
-            detail = "; ".join(f"{p} ({label})" for p, label in zip(copies["path"], copies["label"]))
+            detail = "; ".join(f"{p} ({label})" for p, label in zip(copies["path"], copies["label"], strict=True))
         elif row["error"]:
             detail = ""
         else:
@@ -240,11 +234,12 @@ def _rejected_table(table: pd.DataFrame, kept: pd.DataFrame, reasons: dict[int, 
     return pd.DataFrame(rows, columns=list(REJECTED_COLUMNS))
 
 
-def _track(metrics: dict[str, Any], out: Path) -> None:
-    """A ``validate`` MLflow run: counts as metrics, the record, rejected table, Data Docs and EDA."""
+def _track(metrics: dict[str, Any], settings: dict[str, Any], out: Path) -> None:
+    """A ``validate`` MLflow run: the settings it read as params, counts as metrics, the record, the
+    rejected table and Data Docs."""
     with tracking.run(tags={"stage": "validate"}, name="validate"):
+        tracking.log_params(settings)
         tracking.log_metrics({k: metrics[k] for k in ("raw", "clean", "rejected", "duplicates", "expectations")})
         tracking.log_data_records({"validate": metrics})
-        tracking.log_artifacts(out / REJECTED_CSV, "data")
-        tracking.log_artifacts(out / EDA_DIR, "eda")
-        tracking.log_artifacts(out / VALIDATION_DOCS_DIR, "validation")
+        tracking.log_artifacts(out / paths.REJECTED_CSV, "data")
+        tracking.log_artifacts(out / paths.VALIDATION_DOCS_DIR, "validation")

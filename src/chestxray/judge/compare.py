@@ -1,4 +1,4 @@
-"""Compare every MLflow run on the same data version: a leaderboard ranked by ``compare.metric``,
+"""Compare every MLflow run on the same data version: the leaderboard ranked by ``compare.metric``,
 McNemar's test for the top two, and the registry alias ``champion`` on the best model when it
 beats the current champion."""
 
@@ -6,56 +6,23 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from scipy.stats import binomtest
 
-from chestxray import tracking
-from chestxray.config import RANK_METRICS, CompareConfig
-from chestxray.data.labels import COVID
-from chestxray.io import atomic_path, write_json
-from chestxray.reports import leaderboard_markdown, plot_leaderboard
+from chestxray import paths, tracking
+from chestxray.config import CompareSettings
+from chestxray.io import read_json, write_json, write_text
+from chestxray.judge import leaderboard, metrics
+from chestxray.judge.metrics import Metric
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"  # the registry alias that predict and serving load
 ALPHA = 0.05  # McNemar: significance level
 PREDICTIONS = "evaluate/predictions.csv"  # the run's test-set predictions (path, actual, predicted, …)
-CI_METRICS = ("macro_f1", "accuracy")  # ranked metrics with a bootstrap CI in the run (test.ci.<m>.low/high)
-
-
-def leaderboard_rows(runs: list[dict[str, Any]], metric: str = "macro_f1") -> list[dict[str, Any]]:
-    """Runs evaluated on ``test.<metric>`` as leaderboard rows, best first (ties: the earlier run first)."""
-    earliest_first = sorted((r for r in runs if f"test.{metric}" in r["metrics"]), key=lambda r: r["start_time"])
-    return sorted((_row(r) for r in earliest_first), key=lambda row: -row[metric])
-
-
-def _row(run: dict[str, Any]) -> dict[str, Any]:
-    """One leaderboard row: names, key params, test metrics (with CIs) and training cost."""
-    m, p = run["metrics"], run["params"]
-    row: dict[str, Any] = {
-        "run_id": run["run_id"],
-        "run_name": run["run_name"],
-        "model": run["tags"].get("model", p.get("model")),
-        "weights": p.get("train.weights"),
-        "image_size": p.get("data.image_size"),
-        "imbalance": p.get("train.imbalance"),
-        "epochs": _int(m.get("train.epochs_run")),
-        **{name: m.get(f"test.{name}") for name in RANK_METRICS},
-        "covid_sensitivity": m.get(f"test.per_class.{COVID}.recall"),
-        "covid_specificity": m.get(f"test.per_class.{COVID}.specificity"),
-        "ece": m.get("test.ece"),
-        "train_seconds": m.get("train.train_seconds"),
-        "params": _int(m.get("train.params")),
-        "model_mb": m.get("train.model_mb"),
-        "start_time": datetime.fromtimestamp(run["start_time"] / 1000, UTC).isoformat(timespec="seconds"),
-    }
-    for name in CI_METRICS:
-        row[f"{name}_low"], row[f"{name}_high"] = m.get(f"test.ci.{name}.low"), m.get(f"test.ci.{name}.high")
-    return row
 
 
 def mcnemar(first: pd.DataFrame, second: pd.DataFrame) -> dict[str, Any] | None:
@@ -112,7 +79,7 @@ def compare_top_two(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def current_champion(cfg: CompareConfig) -> dict[str, Any] | None:
+def current_champion(cfg: CompareSettings) -> dict[str, Any] | None:
     """The version behind ``<registered_model>@champion``: version, run_id, model, data_version
     and its run's ``test.<metric>`` (None if unset); None if there is no champion."""
     found = tracking.alias_version(cfg.registered_model, CHAMPION)
@@ -129,14 +96,14 @@ def current_champion(cfg: CompareConfig) -> dict[str, Any] | None:
 
 
 def challenge(
-    best: dict[str, Any], version: int, current: dict[str, Any] | None, data_version: str, metric: str
+    best: dict[str, Any], version: int, current: dict[str, Any] | None, data_version: str, metric: Metric
 ) -> tuple[bool, str]:
     """Whether the alias moves to ``version`` (the best run's), and why: no champion yet, a newer
     model of the champion's own run, a champion from other data (not comparable), or a strictly
     better ``metric``."""
-    value = best[metric]
+    value, name = best[metric.name], metric.name
     if current is None:
-        return True, f"no champion yet: v{version} (run {best['run_id']}, {metric} {value:.4f}) becomes champion"
+        return True, f"no champion yet: v{version} (run {best['run_id']}, {name} {value:.4f}) becomes champion"
     if current["version"] == version:
         return False, f"champion stays v{version} (run {best['run_id']}): it is already the best run's model"
     if current["run_id"] == best["run_id"]:
@@ -148,25 +115,26 @@ def challenge(
         return True, (
             f"champion v{current['version']} (run {current['run_id']}) was evaluated on data version"
             f" {current['data_version']}, not {data_version}: metrics on different test sets cannot be compared,"
-            f" so v{version} (run {best['run_id']}, {metric} {value:.4f}) takes over"
+            f" so v{version} (run {best['run_id']}, {name} {value:.4f}) takes over"
         )
     if current["value"] is None:
         return (
             True,
-            f"champion v{current['version']} (run {current['run_id']}) has no test.{metric}: v{version} takes over",
+            f"champion v{current['version']} (run {current['run_id']}) has no test.{name}: v{version} takes over",
         )
-    if current["value"] < value:
-        return (
-            True,
-            f"v{version} (run {best['run_id']}) beats champion v{current['version']}: {metric} {value:.4f} > {current['value']:.4f}",
+    beats, holds = (">", "≥") if metric.higher_is_better else ("<", "≤")
+    if leaderboard.better(metric, value, current["value"]):
+        return True, (
+            f"v{version} (run {best['run_id']}) beats champion v{current['version']}: {name} {value:.4f}"
+            f" {beats} {current['value']:.4f}"
         )
     return False, (
-        f"champion stays v{current['version']} (run {current['run_id']}, {metric} {current['value']:.4f}"
-        f" ≥ {value:.4f} of run {best['run_id']})"
+        f"champion stays v{current['version']} (run {current['run_id']}, {name} {current['value']:.4f}"
+        f" {holds} {value:.4f} of run {best['run_id']})"
     )
 
 
-def update_champion(best: dict[str, Any] | None, data_version: str, cfg: CompareConfig) -> dict[str, Any] | None:
+def update_champion(best: dict[str, Any] | None, data_version: str, cfg: CompareSettings) -> dict[str, Any] | None:
     """Register the best run's model (once) and move ``champion`` to it if ``challenge`` says so.
     Returns the champion afterwards (name, version, run_id, run_name, model, value, moved,
     reason), or None if there is none."""
@@ -176,14 +144,17 @@ def update_champion(best: dict[str, Any] | None, data_version: str, cfg: Compare
     tags = {"data_version": data_version, f"test.{cfg.metric}": str(best[cfg.metric])}
     registered = tracking.register_model(cfg.registered_model, best["run_id"], tags)
     if registered is None:
-        reason = f"the best run {best['run_id']} logged no model 'model' (evaluated before models were logged?): not registered"
+        reason = (
+            f"the best run {best['run_id']} logged no model 'model' (evaluated before models were logged?):"
+            " not registered"
+        )
         log.warning("%s", reason)
         return _kept(cfg.registered_model, current, reason)
     version, created = registered
     log.info(
         "%s v%d of %s for run %s", "registered" if created else "found", version, cfg.registered_model, best["run_id"]
     )
-    moved, reason = challenge(best, version, current, data_version, cfg.metric)
+    moved, reason = challenge(best, version, current, data_version, metrics.get(cfg.metric))
     superseded = moved and current is not None and current["data_version"] != data_version
     log.log(logging.WARNING if superseded else logging.INFO, "%s", reason)
     if not moved:
@@ -210,12 +181,12 @@ def _champion(name: str, version: dict[str, Any], moved: bool, reason: str) -> d
     return {"name": name, **{k: version[k] for k in keys}, "moved": moved, "reason": reason}
 
 
-def compare_runs(
-    data_version: str, cfg: CompareConfig, metrics_json: Path, leaderboard_md: Path, leaderboard_png: Path
-) -> dict[str, Any]:
-    """Rank the runs on ``data_version``, test the top two, update the champion; write
-    ``metrics/compare.json``, the Markdown leaderboard and its bar chart."""
-    rows = leaderboard_rows(tracking.runs_for(data_version), cfg.metric)
+def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]:
+    """Rank the runs on the data version of ``root``'s last evaluation, test the top two, update the
+    champion; write ``metrics/compare.json``, the Markdown leaderboard and its bar chart."""
+    metric = metrics.get(cfg.metric)
+    data_version = read_json(root / paths.EVALUATE_JSON)["data_version"]
+    rows = leaderboard.rows(tracking.runs_for(data_version), metric)
     best = rows[0] if rows else None
     champion = update_champion(best, data_version, cfg)
     test = compare_top_two(rows)
@@ -229,12 +200,11 @@ def compare_runs(
         "leaderboard": rows,
     }
     champion_run = champion["run_id"] if champion else None
-    with atomic_path(leaderboard_md) as tmp:
-        tmp.write_text(
-            leaderboard_markdown(rows, champion_run, _intro(summary), _notes(summary, rows)), encoding="utf-8"
-        )
-    plot_leaderboard(rows, cfg.metric, champion_run, leaderboard_png)
-    write_json(metrics_json, summary)
+    write_text(
+        root / paths.LEADERBOARD_MD, leaderboard.markdown(rows, champion_run, _intro(summary), _notes(summary, rows))
+    )
+    leaderboard.plot(rows, metric, champion_run, root / paths.LEADERBOARD_PNG)
+    write_json(root / paths.COMPARE_JSON, summary)
     if best:
         log.info(
             "best of %d run(s): %s (%s), %s %.4f",
@@ -259,7 +229,8 @@ def _intro(summary: dict[str, Any]) -> str:
     value = "–" if c["value"] is None else f"{c['value']:.4f}"
     return intro + (
         f" Champion ★: `{c['name']}@{CHAMPION}` → version {c['version']}, run {c['run_name']} (`{c['run_id']}`,"
-        f" {c['model']}, {summary['metric']} {value}); {'moved' if c['moved'] else 'not moved'} this time: {c['reason']}."
+        f" {c['model']}, {summary['metric']} {value}); {'moved' if c['moved'] else 'not moved'} this time:"
+        f" {c['reason']}."
     )
 
 
@@ -277,8 +248,3 @@ def _notes(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
         f" right only by #1, {t['b_only_correct']} only by #2, p = {t['p_value']:.4g}: they {verdict} (α = {ALPHA})."
     )
     return [note]
-
-
-def _int(value: float | None) -> int | None:
-    """MLflow stores every metric as a float; counts read back as ints."""
-    return None if value is None else int(value)

@@ -8,7 +8,8 @@ from typing import Any
 
 from scipy.stats import binomtest
 
-from chestxray.data.labels import COVID
+from chestxray.judge.metrics import METRICS
+from chestxray.tasks import COVID
 
 INTENDED_USE = (
     "Research on reproducible chest X-ray classifiers and comparison of backbones. It is not a medical "
@@ -67,8 +68,9 @@ def render(
         f"- Source: {_source(download)}.",
         f"- Data version (hash of the split table): `{split['data_version']}`.",
         (
-            f"- Split: stratified by class and grouped by patient (else by duplicate group), {split['groups']:,} groups;"
-            f" across splits {split['leakage']['exact_pairs']} exact and {split['leakage']['near_pairs']} near-duplicate pairs."
+            f"- Split: stratified by class and grouped by patient (else by duplicate group),"
+            f" {split['groups']:,} groups; across splits {split['leakage']['exact_pairs']} exact and"
+            f" {split['leakage']['near_pairs']} near-duplicate pairs."
         ),
         "",
         *_counts_table(split["counts"], run["classes"]),
@@ -79,18 +81,7 @@ def render(
         "",
         "| metric | value | 95 % CI |",
         "|---|---|---|",
-        _metric_row("accuracy", metrics["accuracy"], metrics["ci"]["accuracy"]),
-        _metric_row("macro F1", metrics["macro_f1"], metrics["ci"]["macro_f1"]),
-        _metric_row(f"{COVID} sensitivity", metrics["per_class"][COVID]["recall"], metrics["ci"]["covid_sensitivity"]),
-        _metric_row(
-            f"{COVID} specificity", metrics["per_class"][COVID]["specificity"], metrics["ci"]["covid_specificity"]
-        ),
-        _metric_row("balanced accuracy", metrics["balanced_accuracy"]),
-        _metric_row("weighted F1", metrics["weighted_f1"]),
-        _metric_row("ROC-AUC (macro, one-vs-rest)", metrics["roc_auc_macro"]),
-        _metric_row("PR-AUC (macro, one-vs-rest)", metrics["pr_auc_macro"]),
-        _metric_row("log loss", metrics["log_loss"]),
-        _metric_row("expected calibration error", metrics["ece"]),
+        *(_metric_row(m.title, metrics[m.name], metrics["ci"].get(m.name)) for m in METRICS),
         "",
         "| class | precision | sensitivity | specificity | F1 | ROC-AUC | PR-AUC | support |",
         "|---|---|---|---|---|---|---|---|",
@@ -104,11 +95,13 @@ def render(
         "## Operating point",
         "",
         (
-            f"A case is called {COVID} when p({COVID}) ≥ **{_fmt(op['threshold'])}**; the threshold is the highest that reaches"
+            f"A case is called {COVID} when p({COVID}) ≥ **{_fmt(op['threshold'])}**; the threshold is the highest"
+            " that reaches"
             f" sensitivity ≥ {op['target_sensitivity']} on the validation split (validation: sensitivity"
             f" {_fmt(op['val_sensitivity'])}, specificity {_fmt(op['val_specificity'])}). On the test split it gives"
-            f" **sensitivity {_fmt(op['sensitivity'])}** and **specificity {_fmt(op['specificity'])}** ({COVID} against the rest)."
-            " Below the threshold the most probable other class is predicted. This is the rule `python -m chestxray predict`,"
+            f" **sensitivity {_fmt(op['sensitivity'])}** and **specificity {_fmt(op['specificity'])}**"
+            f" ({COVID} against the rest). Below the threshold the most probable other class is predicted. This is"
+            " the rule `python -m chestxray predict`,"
             " the served model and the web page apply."
         ),
         "",
@@ -120,7 +113,8 @@ def render(
         "## Plots",
         "",
         (
-            "Confusion matrix (`evaluate/confusion.png`), ROC (`evaluate/roc.png`), precision-recall (`evaluate/pr.png`),"
+            "Confusion matrix (`evaluate/confusion.png`), ROC (`evaluate/roc.png`), precision-recall"
+            " (`evaluate/pr.png`),"
             " reliability diagram (`evaluate/reliability.png`), training curves (`train/curves.png`), Grad-CAM gallery"
             " (`gradcam/index.md`)."
         ),
@@ -159,7 +153,7 @@ def _counts_table(counts: Mapping[str, Mapping[str, int]], classes: Sequence[str
     splits = ("train", "val", "test")
     rows = ["| class | train | val | test |", "|---|---|---|---|"]
     rows += [f"| {c} | " + " | ".join(str(counts[s].get(c, 0)) for s in splits) + " |" for c in classes]
-    return rows + ["| total | " + " | ".join(str(sum(counts[s].values())) for s in splits) + " |"]
+    return [*rows, "| total | " + " | ".join(str(sum(counts[s].values())) for s in splits) + " |"]
 
 
 def _fmt(value: float | None) -> str:

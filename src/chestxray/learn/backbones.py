@@ -1,12 +1,15 @@
 """Backbone registry: name → Keras application and the module holding its own preprocess_input.
 
-Kept free of Keras imports so params can be validated without loading TensorFlow. Adding a
+Kept free of Keras imports so params can be checked without loading TensorFlow. Adding a
 backbone is one entry here (and its settings under ``backbones.<name>`` in params.yaml).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from chestxray.config import BackboneSettings, Params
+from chestxray.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -33,5 +36,17 @@ BACKBONES: dict[str, Backbone] = {
     "convnext_tiny": Backbone("ConvNeXtTiny", "convnext"),
 }
 
-# Settings under backbones.<name> that the trainer uses; the rest go to the constructor.
-TRAINING_KEYS = ("learning_rate",)
+
+def get(name: str) -> Backbone:
+    """The backbone called ``name`` (params.yaml's ``model``)."""
+    if name not in BACKBONES:
+        raise UserError(f"params.yaml: model must be one of {', '.join(BACKBONES)}, got {name!r}")
+    return BACKBONES[name]
+
+
+def settings(params: Params) -> BackboneSettings:
+    """``backbones.<model>`` of ``params``, once ``model`` is known to be a registered backbone."""
+    get(params.model)
+    if params.model not in params.backbones:
+        raise UserError(f"params.yaml: missing key 'backbones.{params.model}'; add it with at least a learning_rate")
+    return params.backbones[params.model]

@@ -11,10 +11,10 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from chestxray.config import HeadConfig
-from chestxray.data.cache import make_dataset
+from chestxray.config import HeadSettings
 from chestxray.errors import UserError
-from chestxray.learn.backbones import BACKBONES, TRAINING_KEYS
+from chestxray.learn import backbones
+from chestxray.learn.inputs import make_dataset
 
 # Keras' default BatchNorm momentum (0.99) leaves the moving statistics near their initial values
 # for hundreds of steps; a small dataset gives a few dozen steps per epoch, and the model then
@@ -33,7 +33,7 @@ class Preprocess(layers.Layer):
     def __init__(self, backbone: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backbone = backbone
-        module = BACKBONES[backbone].module
+        module = backbones.get(backbone).module
         self._preprocess = getattr(keras.applications, module).preprocess_input if module else None
 
     def call(self, x):
@@ -70,17 +70,16 @@ class SparseFocalLoss(keras.losses.Loss):
 
 
 def build_model(
-    name: str, image_size: int, n_classes: int, weights: str, settings: dict[str, Any], head: HeadConfig
+    name: str, image_size: int, n_classes: int, weights: str, settings: dict[str, Any], head: HeadSettings
 ) -> tuple[keras.Model, keras.Model]:
     """Return (model, base): input (size, size, 1) grey 0–255 → class probabilities.
 
     A pretrained base runs in inference mode (``training=False``) so its BatchNorm statistics
     stay fixed, also once its top layers are unfrozen for fine-tuning. The head is global average
     pooling → batch norm → dropout → ``head.dense`` hidden layers → softmax (kept in float32
-    under mixed precision).
+    under mixed precision). ``settings`` are the base's constructor arguments (``backbones.<name>``
+    less its learning rate).
     """
-    if name not in BACKBONES:
-        raise UserError(f"unknown model '{name}'; valid: {', '.join(BACKBONES)}")
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = Preprocess(name, name="preprocess")(inputs)
     base = _base(name, image_size, weights, settings)
@@ -107,7 +106,7 @@ def predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:
 
 def is_pretrained(name: str, weights: str) -> bool:
     """Whether the base starts from ImageNet weights (the small CNN never does)."""
-    return weights == "imagenet" and BACKBONES[name].application is not None
+    return weights == "imagenet" and backbones.get(name).application is not None
 
 
 def unfreeze_top(base: keras.Model, n_layers: int) -> int:
@@ -128,17 +127,16 @@ def keras_models_dir() -> Path:
 
 
 def _base(name: str, image_size: int, weights: str, settings: dict[str, Any]) -> keras.Model:
-    kwargs = {k: v for k, v in settings.items() if k not in TRAINING_KEYS}
-    application = BACKBONES[name].application
+    application = backbones.get(name).application
     if application is None:
-        return _small_cnn(image_size, **kwargs)
+        return _small_cnn(image_size, **settings)
     constructor = getattr(keras.applications, application)
     try:
         return constructor(
             include_top=False,
             weights="imagenet" if weights == "imagenet" else None,
             input_shape=(image_size, image_size, 3),
-            **kwargs,
+            **settings,
         )
     except TypeError as exc:
         raise UserError(f"params.yaml: backbones.{name} has a setting {application} does not take ({exc})") from None

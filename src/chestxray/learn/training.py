@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from chestxray import tracking
-from chestxray.config import AugmentConfig, Params, TrainConfig
-from chestxray.data.cache import cache_meta, load_split, make_dataset
+from chestxray import paths, tracking
+from chestxray.config import Params, TrainSettings
+from chestxray.data.cache import cache_meta, load_split
+from chestxray.figures import figure, save_figure
 from chestxray.io import atomic_path, read_json, write_json
-from chestxray.learn import devices
+from chestxray.learn import backbones, devices
+from chestxray.learn.inputs import augmenter, make_dataset
 from chestxray.learn.models import SparseFocalLoss, build_model, is_pretrained, unfreeze_top
-from chestxray.reports import plot_history
 
 log = logging.getLogger(__name__)
 
@@ -33,31 +34,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def augmenter(cfg: AugmentConfig, seed: int) -> keras.Sequential | None:
-    """Keras preprocessing layers for on-the-fly augmentation, or None when all are off."""
-    steps = []
-    if cfg.rotation:
-        steps.append(keras.layers.RandomRotation(cfg.rotation, fill_mode="constant", seed=seed))
-    if cfg.shift:
-        steps.append(keras.layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant", seed=seed + 1))
-    if cfg.shear:
-        steps.append(keras.layers.RandomShear(cfg.shear, cfg.shear, fill_mode="constant", seed=seed + 5))
-    if cfg.zoom:
-        steps.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="constant", seed=seed + 2))
-    if cfg.contrast:
-        steps.append(keras.layers.RandomContrast(cfg.contrast, value_range=(0, 255), seed=seed + 3))
-    if cfg.flip:
-        steps.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
-    return keras.Sequential(steps, name="augment") if steps else None
-
-
 def class_weights(y: np.ndarray, k: int) -> dict[int, float]:
     """Balanced weights n / (k · count) so every class weighs the same in the loss."""
     counts = np.bincount(y, minlength=k)
     return {i: float(len(y) / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def loss_for(cfg: TrainConfig, y: np.ndarray, classes: Sequence[str]) -> keras.losses.Loss:
+def loss_for(cfg: TrainSettings, y: np.ndarray, classes: Sequence[str]) -> keras.losses.Loss:
     """Cross-entropy, or with ``imbalance: focal`` the focal loss with its per-class alpha."""
     if cfg.imbalance != "focal":
         return keras.losses.SparseCategoricalCrossentropy()
@@ -68,18 +51,14 @@ def loss_for(cfg: TrainConfig, y: np.ndarray, classes: Sequence[str]) -> keras.l
     return SparseFocalLoss(alpha, cfg.focal.gamma)
 
 
-def train_model(
-    params: Params,
-    cache_dir: Path,
-    model_dir: Path,
-    metrics_json: Path,
-    reports_dir: Path,
-    data_records: Sequence[Path] = (),
-) -> dict[str, Any]:
-    """Train ``params.model`` on the cache; write the best model, its run id, metrics and curves.
-    ``data_records`` (the data stages' metrics JSON) go to the MLflow run as provenance."""
-    cfg = params.train
+def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
+    """Train ``params.model`` on ``root``'s image cache; write the best model and its run.json, the
+    metrics, the history and the curves. The MLflow run gets the params the stage reads (``seed``,
+    ``model``, ``backbones.<model>``, ``train``), the data stages' records as provenance, every
+    epoch's metrics and the curves."""
+    cfg, backbone = params.train, backbones.settings(params)
     seed_everything(params.seed, cfg.deterministic)
+    cache_dir = root / paths.CACHE_DIR
     meta = cache_meta(cache_dir)
     classes, size, data_version = meta["classes"], meta["image_size"], meta["data_version"]
     policy, strategy = devices.dtype_policy(cfg.mixed_precision), devices.strategy(cfg.distribute)
@@ -98,26 +77,30 @@ def train_model(
     )
     val_ds = make_dataset(x_val, y_val, batch_size, False, params.seed)
     with devices.dtype_policy_scope(policy), strategy.scope():
-        model, base = build_model(params.model, size, len(classes), cfg.weights, params.backbone, cfg.head)
+        model, base = build_model(params.model, size, len(classes), cfg.weights, backbone.constructor_args, cfg.head)
     pretrained = is_pretrained(params.model, cfg.weights)
-    lr = float(params.backbone["learning_rate"])
+    lr = backbone.learning_rate
     phases = [("head" if pretrained else "full", cfg.epochs, lr, None)]
     if pretrained and cfg.fine_tune_epochs:
         phases.append(("fine_tune", cfg.fine_tune_epochs, lr * cfg.fine_tune_lr_factor, cfg.fine_tune_layers))
     weights = class_weights(y_train, len(classes)) if cfg.imbalance == "class_weight" else None
     loss = loss_for(cfg, y_train, classes)
-    curves_dir = reports_dir / "train"
-    curves_dir.mkdir(parents=True, exist_ok=True)
-    history_csv = curves_dir / "history.csv"
+    history_csv = root / paths.HISTORY_CSV
+    history_csv.parent.mkdir(parents=True, exist_ok=True)
     history_csv.unlink(missing_ok=True)
+    records = {
+        name: root / path for name, path in (("download", paths.DOWNLOAD_JSON), ("validate", paths.VALIDATE_JSON))
+    }
 
     with (
-        atomic_path(model_dir, is_dir=True) as out,
-        tracking.run(tracking.run_tags(params.model, data_version)) as run_id,
+        atomic_path(root / paths.MODEL_DIR, is_dir=True) as out,
+        tracking.run(tracking.run_tags(params.model, data_version, size)) as run_id,
     ):
         resolved = {"dtype_policy": policy, "replicas": strategy.num_replicas_in_sync, "global_batch_size": batch_size}
-        tracking.log_params({**params.flat, "resolved": resolved})
-        tracking.log_data_records({p.stem: read_json(p) for p in data_records if p.exists()})
+        tracking.log_params(
+            {**params.flat("seed", "model", f"backbones.{params.model}", "train"), "resolved": resolved}
+        )
+        tracking.log_data_records({name: read_json(path) for name, path in records.items() if path.exists()})
         checkpoint = keras.callbacks.ModelCheckpoint(out / "model.keras", monitor=cfg.monitor, save_best_only=True)
         csv_log = keras.callbacks.CSVLogger(history_csv, append=True)  # one row per epoch, written as it ends
         to_mlflow = keras.callbacks.LambdaCallback(
@@ -175,9 +158,9 @@ def train_model(
         tracking.log_metrics(metrics, prefix="train.")
         run = {"run_id": run_id, "model": params.model, "weights": cfg.weights, "imbalance": cfg.imbalance}
         write_json(out / "run.json", {**run, "classes": classes, "image_size": size, "data_version": data_version})
-        plot_history(curves, curves_dir / "curves.png", fine_tune_start=fine_tune_epoch)
-        tracking.log_artifacts(curves_dir, "train")
-        write_json(metrics_json, metrics)
+        plot_history(curves, root / paths.CURVES_PNG, fine_tune_start=fine_tune_epoch)
+        tracking.log_artifacts(history_csv.parent, "train")
+        write_json(root / paths.TRAIN_JSON, metrics)
     log.info(
         "best epoch %d (of 0..%d): val_loss %.4f, val_accuracy %.4f",
         metrics["best_epoch"],
@@ -192,3 +175,19 @@ def best_epoch(curves: pd.DataFrame, monitor: str) -> pd.Series:
     """The row of the epoch the checkpoint kept (first best value of ``monitor``)."""
     index = curves[monitor].idxmin() if monitor.endswith("loss") else curves[monitor].idxmax()
     return curves.loc[index]
+
+
+def plot_history(history: pd.DataFrame, path: Path, fine_tune_start: int | None) -> None:
+    """Training curves: loss and accuracy panels with train/val lines; a dashed vertical line marks
+    ``fine_tune_start``, the epoch where fine-tuning begins, when given."""
+    fig, (axes,) = figure((11, 4.2), ncols=2)
+    for ax, metric, title in zip(axes, ("loss", "accuracy"), ("Loss", "Accuracy"), strict=True):
+        for column, label in ((metric, "train"), (f"val_{metric}", "validation")):
+            if column in history:
+                ax.plot(history["epoch"], history[column], marker="o", ms=3, label=label)
+        if fine_tune_start is not None:
+            ax.axvline(fine_tune_start, ls="--", color="grey", label="fine-tuning starts")
+        ax.set(title=title, xlabel="Epoch", ylabel=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    save_figure(fig, path)

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from chestxray.data.images import IMAGE_SUFFIXES
 from chestxray.errors import UserError
 from chestxray.serve.serving import XrayClassifier, decode
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 FORMATS = ("table", "json", "csv")
 
 

@@ -4,7 +4,7 @@ operating point. ``mlflow models serve``, the predict command and the web page a
 Served, it takes a DataFrame with one column ``image``: each value an image file (PNG, JPEG, …)
 encoded as base64. It returns one row per image: ``p_<class>`` probabilities and ``predicted``,
 the class at the operating point (COVID when its probability reaches the threshold chosen on
-validation, else the most probable other class).
+validation, else the most probable other class: ``serve.decision``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
+import tempfile
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -27,8 +29,8 @@ from PIL import Image, UnidentifiedImageError
 
 import chestxray
 from chestxray.data.images import load_gray
-from chestxray.data.labels import COVID
 from chestxray.errors import UserError
+from chestxray.serve.decision import decide
 from chestxray.tracking import tracking_uri
 
 INPUT_COLUMN = "image"
@@ -57,26 +59,20 @@ def from_base64(value: Any, name: str) -> bytes:
         raise UserError(f"{name}: not valid base64 ({exc})") from None
 
 
-def decide(prob: np.ndarray, classes: Sequence[str], threshold: float) -> np.ndarray:
-    """Class indices at the operating point: COVID when p(COVID) ≥ ``threshold``, else the most
-    probable other class (for a binary task: the decision threshold)."""
-    positive = list(classes).index(COVID)
-    others = np.where(np.arange(len(classes)) == positive, -np.inf, prob)
-    return np.where(prob[:, positive] >= threshold, positive, others.argmax(axis=1))
-
-
 class XrayClassifier(mlflow.pyfunc.PythonModel):
-    """The pyfunc model. ``model_config``: classes, image_size, threshold (see ``log_model``)."""
+    """The pyfunc model: the Keras model (artifact ``keras_model``) and its classes, input size and
+    threshold (artifact ``settings``, a JSON file; see ``log_model``)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
 
-        import chestxray.learn.models
+        import chestxray.learn.models  # noqa: F401  (registers the preprocessing layer and focal loss)
 
         self.keras_model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
-        self.classes: list[str] = list(context.model_config["classes"])
-        self.image_size: int = int(context.model_config["image_size"])
-        self.threshold: float = float(context.model_config["threshold"])
+        settings = json.loads(Path(context.artifacts["settings"]).read_text(encoding="utf-8"))
+        self.classes: list[str] = list(settings["classes"])
+        self.image_size: int = int(settings["image_size"])
+        self.threshold: float = float(settings["threshold"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Base64 image files in column ``image`` → probabilities and predicted class per row."""
@@ -112,17 +108,22 @@ def signature(classes: Sequence[str]) -> ModelSignature:
 
 def log_model(keras_file: Path, classes: Sequence[str], image_size: int, threshold: float) -> None:
     """Log the pyfunc model as ``model`` in the active run, with the package's code, so it is
-    served and loaded with no checkout of this repository."""
-    mlflow.pyfunc.log_model(
-        name="model",
-        python_model=XrayClassifier(),
-        artifacts={"keras_model": str(keras_file)},
-        model_config={"classes": list(classes), "image_size": int(image_size), "threshold": float(threshold)},
-        code_paths=[str(Path(chestxray.__file__).parent)],
-        signature=signature(classes),
-        input_example=pd.DataFrame({INPUT_COLUMN: [_example_image(image_size)]}),
-        pip_requirements=_pins(),
-    )
+    served and loaded with no checkout of this repository. The classes, size and threshold travel
+    as a JSON artifact, not as MLflow's ``model_config``, which MLflow also logs as run params: a
+    run evaluated again with a new threshold would keep the old one there (params cannot change)."""
+    settings = {"classes": list(classes), "image_size": int(image_size), "threshold": float(threshold)}
+    with tempfile.TemporaryDirectory(prefix="model-settings-") as tmp:
+        settings_json = Path(tmp) / "settings.json"
+        settings_json.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=XrayClassifier(),
+            artifacts={"keras_model": str(keras_file), "settings": str(settings_json)},
+            code_paths=[str(Path(chestxray.__file__).parent)],
+            signature=signature(classes),
+            input_example=pd.DataFrame({INPUT_COLUMN: [_example_image(image_size)]}),
+            pip_requirements=_pins(),
+        )
 
 
 def _example_image(size: int) -> str:

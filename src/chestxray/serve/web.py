@@ -8,7 +8,7 @@
   "probabilities": {class: p}, "predicted": class, "threshold": t, "positive": "COVID",
   "image_size": S, "image_png": <base64 PNG of the grey input at model size>,
   "gradcam_png": <base64 PNG of the Grad-CAM overlay>}``. ``predicted`` is the class at the
-  operating point (``serving.decide``) and Grad-CAM explains that class. A file that is not a
+  operating point (``serve.decision``) and Grad-CAM explains that class. A file that is not a
   readable image → 400 ``{"detail": message}``; a file over ``max_upload_bytes`` → 413.
 - ``GET /health`` → ``{"status": "ok", "model": {"uri", "classes", "image_size", "threshold"}}``.
 """
@@ -29,10 +29,11 @@ from fastapi.responses import HTMLResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from chestxray.data.labels import COVID
 from chestxray.errors import UserError
-from chestxray.judge import explain
+from chestxray.learn import explain
 from chestxray.serve import serving
+from chestxray.serve.decision import decide
+from chestxray.tasks import COVID
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # the image file itself, before base64
@@ -65,7 +66,7 @@ def create_app(
         image = serving.decode(data, model.image_size, name)  # UserError → 400
         with lock:
             prob = model.probabilities(image[None])
-            index = serving.decide(prob, model.classes, model.threshold)
+            index = decide(prob, model.classes, model.threshold)
             heatmap = explain.gradcam(model.keras_model, image[None, ..., None].astype(np.float32), class_index=index)
         return {
             "classes": list(model.classes),

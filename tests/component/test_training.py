@@ -12,20 +12,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chestxray.config import AugmentConfig, HeadConfig
-from chestxray.data.cache import make_dataset
+from chestxray import paths
+from chestxray.config import AugmentSettings, HeadSettings
 from chestxray.io import read_json
+from chestxray.learn.inputs import augmenter, make_dataset
 from chestxray.learn.models import SparseFocalLoss
-from chestxray.learn.training import augmenter, class_weights, loss_for, train_model
-from conftest import make_params
+from chestxray.learn.training import class_weights, loss_for, train_model
+from conftest import make_params, project
 
 MV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 SMALL_CNN = {"backbones.cnn.filters": [8, 16], "train.epochs": 3, "train.batch_size": 16}
 
 
 def run_training(cache_dir, tmp_path, **overrides):
+    """train_model with ``tmp_path`` as the repository and the session's cache as its cache."""
     params = make_params(**{**SMALL_CNN, **overrides})
-    metrics = train_model(params, cache_dir, tmp_path / "models", tmp_path / "train.json", tmp_path / "reports")
+    metrics = train_model(params, project(tmp_path, cache=cache_dir))
     return params, metrics
 
 
@@ -35,13 +37,13 @@ def test_train_writes_best_model_metrics_curves_and_mlflow_run(cache_dir, tmp_pa
     assert run["model"] == "cnn" and run["image_size"] == 32 and len(run["classes"]) == 4
     assert (run["weights"], run["imbalance"]) == ("none", "class_weight")
     assert metrics["model_mb"] == round((tmp_path / "models" / "model.keras").stat().st_size / 1e6, 2) > 0
-    history = pd.read_csv(tmp_path / "reports" / "train" / "history.csv")  # Keras' CSVLogger
+    history = pd.read_csv(tmp_path / paths.HISTORY_CSV)  # Keras' CSVLogger
     assert list(history.columns) == ["epoch", "accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]
     assert list(history["epoch"]) == [0, 1, 2]  # 0-based, as Keras and the MLflow steps count
     best = history.loc[history["val_loss"].idxmin()]
     assert metrics["best_epoch"] == best["epoch"] and metrics["best_val_loss"] == pytest.approx(best["val_loss"])
-    assert read_json(tmp_path / "train.json") == metrics
-    assert (tmp_path / "reports" / "train" / "curves.png").stat().st_size > 1000
+    assert read_json(tmp_path / paths.TRAIN_JSON) == metrics
+    assert (tmp_path / paths.CURVES_PNG).stat().st_size > 1000
 
     # the saved model is the best checkpoint: its val loss is the best epoch's
     model = keras.models.load_model(tmp_path / "models" / "model.keras")
@@ -54,7 +56,13 @@ def test_train_writes_best_model_metrics_curves_and_mlflow_run(cache_dir, tmp_pa
     logged = client.get_run(run["run_id"])
     assert logged.data.params["model"] == "cnn" and logged.data.params["train.epochs"] == "3"
     assert logged.data.params["backbones.cnn.filters"] == "[8, 16]"
+    # the params the stage reads (seed, model, backbones.<model>, train) and what they resolved to; no others
+    read = params.flat("seed", "model", "backbones.cnn", "train")
+    resolved = {"resolved.dtype_policy", "resolved.replicas", "resolved.global_batch_size"}
+    assert set(logged.data.params) == set(read) | resolved
+    assert all(logged.data.params[k] == str(v) for k, v in read.items())
     assert logged.data.tags["data_version"] == read_json(cache_dir / "meta.json")["data_version"]
+    assert logged.data.tags["data.image_size"] == "32"
     assert [m.step for m in client.get_metric_history(run["run_id"], "val_loss")] == [0, 1, 2]
     assert logged.data.metrics["train.best_epoch"] == metrics["best_epoch"]
     artifacts = {a.path for a in client.list_artifacts(run["run_id"], "train")}
@@ -89,13 +97,13 @@ def test_two_phase_fine_tuning_from_imagenet(cache_dir, tmp_path, mlflow_store, 
             "train.augment.rotation": 0.0,
         },
     )
-    history = pd.read_csv(tmp_path / "reports" / "train" / "history.csv")
+    history = pd.read_csv(tmp_path / paths.HISTORY_CSV)
     assert list(history["epoch"]) == [0, 1]  # one head epoch, one fine-tuning epoch
     assert history["learning_rate"].iloc[1] == pytest.approx(history["learning_rate"].iloc[0] * 0.1)
 
     from chestxray.learn.models import build_model
 
-    _, imagenet = build_model("mobilenetv2", 32, 4, "imagenet", {"alpha": 0.35}, HeadConfig((), 0.0))
+    _, imagenet = build_model("mobilenetv2", 32, 4, "imagenet", {"alpha": 0.35}, HeadSettings(dense=[], dropout=0.0))
     saved = keras.models.load_model(tmp_path / "models" / "model.keras")
     trained = next(layer for layer in saved.layers if isinstance(layer, keras.Model))  # the base
     if metrics["best_epoch"] == 1:  # the kept checkpoint is from the fine-tuning phase
@@ -105,7 +113,10 @@ def test_two_phase_fine_tuning_from_imagenet(cache_dir, tmp_path, mlflow_store, 
         for w, ref in zip(layer.get_weights(), ref_layer.get_weights(), strict=True):
             assert np.array_equal(w, ref), layer.name  # still the ImageNet weights
     bn = trained.get_layer("Conv_1_bn")  # in the top 10, but BatchNorm stays frozen
-    assert all(np.array_equal(w, r) for w, r in zip(bn.get_weights(), imagenet.get_layer("Conv_1_bn").get_weights()))
+    assert all(
+        np.array_equal(w, r)
+        for w, r in zip(bn.get_weights(), imagenet.get_layer("Conv_1_bn").get_weights(), strict=True)
+    )
 
 
 def test_class_weights_balance_the_classes():
@@ -149,7 +160,7 @@ def test_focal_alpha_balanced_or_per_class():
 
 
 def test_focal_training_reports_the_focal_loss(cache_dir, tmp_path, mlflow_store):
-    params, metrics = run_training(cache_dir, tmp_path, **{"train.imbalance": "focal", "train.epochs": 2})
+    _, metrics = run_training(cache_dir, tmp_path, **{"train.imbalance": "focal", "train.epochs": 2})
     model = keras.models.load_model(tmp_path / "models" / "model.keras")
     x = np.load(cache_dir / "val_x.npy").astype(np.float32)
     y, y_train = np.load(cache_dir / "val_y.npy"), np.load(cache_dir / "train_y.npy")
@@ -184,7 +195,7 @@ def test_oversample_training_runs_without_class_weights(cache_dir, tmp_path, mlf
 
 
 def test_augmenter_builds_the_chosen_layers_and_is_seeded():
-    cfg = AugmentConfig(rotation=0.1, shift=0.1, shear=0.2, zoom=0.1, contrast=0.2, flip=True)
+    cfg = AugmentSettings(rotation=0.1, shift=0.1, shear=0.2, zoom=0.1, contrast=0.2, flip=True)
     layers = [type(layer).__name__ for layer in augmenter(cfg, 0).layers]
     assert layers == [
         "RandomRotation",
@@ -194,8 +205,8 @@ def test_augmenter_builds_the_chosen_layers_and_is_seeded():
         "RandomContrast",
         "RandomFlip",
     ]
-    assert augmenter(AugmentConfig(0, 0, 0, 0, 0, False), 0) is None
-    shear_only = AugmentConfig(rotation=0, shift=0, shear=0.3, zoom=0, contrast=0, flip=False)
+    assert augmenter(AugmentSettings(rotation=0, shift=0, shear=0, zoom=0, contrast=0, flip=False), 0) is None
+    shear_only = AugmentSettings(rotation=0, shift=0, shear=0.3, zoom=0, contrast=0, flip=False)
     image = np.zeros((1, 32, 32, 1), np.float32)
     image[:, :, 12:20] = 255.0  # a vertical bar: shearing tilts it
     x, y = np.tile(image, (4, 1, 1, 1)).astype(np.uint8), np.zeros(4, np.int64)
@@ -225,12 +236,13 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, sys.argv[3])
-from conftest import make_params
+from conftest import make_params, project
 from chestxray.learn.training import train_model
 params = make_params(**{"backbones.cnn.filters": [8, 16], "train.epochs": 2, "train.batch_size": 8,
                         "train.distribute": sys.argv[4]})
 out = Path(sys.argv[2])
-train_model(params, Path(sys.argv[1]), out / "models", out / "train.json", out / "reports")
+out.mkdir(parents=True)
+train_model(params, project(out, cache=Path(sys.argv[1])))
 """
 
 
@@ -259,6 +271,6 @@ def test_mirrored_strategy_over_two_cpu_devices_scales_the_batch(cache_dir, tmp_
         resolved["auto"]["resolved.replicas"] == "1" and resolved["auto"]["resolved.global_batch_size"] == "8"
     )  # no GPUs
     history = pd.read_csv(tmp_path / "mirrored" / "reports" / "train" / "history.csv")
-    assert len(history) == 2 and read_json(tmp_path / "mirrored" / "train.json")["best_val_loss"] == pytest.approx(
+    assert len(history) == 2 and read_json(tmp_path / "mirrored" / paths.TRAIN_JSON)["best_val_loss"] == pytest.approx(
         history["val_loss"].min()
     )

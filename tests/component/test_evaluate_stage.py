@@ -11,25 +11,29 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chestxray import tracking
-from chestxray.config import EvaluateConfig
+from chestxray import paths, tracking
+from chestxray.config import EvaluateSettings
 from chestxray.data.cache import cache_meta, load_split
 from chestxray.io import read_json, write_json
 from chestxray.judge.evaluation import evaluate_model
+from chestxray.judge.metrics import METRICS
 from chestxray.learn.models import predict_proba
 from chestxray.serve import serving
+from chestxray.serve.decision import decide
+from conftest import project
 
-CFG = EvaluateConfig(target_sensitivity=0.95, bootstrap=1000, calibration_bins=10, gradcam_images=2)
+CFG = EvaluateSettings(target_sensitivity=0.95, bootstrap=1000, calibration_bins=10, gradcam_images=2)
 
 
 @pytest.fixture
 def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store: str) -> dict:
     """evaluate_model run on the session's trained model, with the records the stage reads."""
     meta = cache_meta(cache_dir)
-    models, metrics_dir = tmp_path / "models", tmp_path / "metrics"
+    root = project(tmp_path, cache=cache_dir)
+    models, metrics_dir = root / paths.MODEL_DIR, root / paths.METRICS_DIR
     models.mkdir()
     shutil.copy(trained_model, models / "model.keras")
-    with tracking.run(tracking.run_tags("cnn", meta["data_version"])) as run_id:
+    with tracking.run(tracking.run_tags("cnn", meta["data_version"], image_size=32)) as run_id:
         pass
     run = {"run_id": run_id, "model": "cnn", "weights": "none", "imbalance": "class_weight"}
     write_json(
@@ -64,7 +68,7 @@ def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store
         },
     )
     write_json(metrics_dir / "download.json", {"source": "synthetic", "files": 320, "bytes": 1})
-    metrics = evaluate_model(CFG, 42, models, cache_dir, metrics_dir, tmp_path / "reports")
+    metrics = evaluate_model(CFG, 42, root)
     return {
         "metrics": metrics,
         "root": tmp_path,
@@ -76,34 +80,25 @@ def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store
 
 def test_evaluate_writes_every_metric_with_cis_and_the_operating_point(evaluated, cache_dir):
     m = evaluated["metrics"]
-    assert read_json(evaluated["root"] / "metrics" / "evaluate.json") == m
-    for key in (
-        "accuracy",
-        "balanced_accuracy",
-        "macro_precision",
-        "macro_recall",
-        "macro_f1",
-        "weighted_precision",
-        "weighted_recall",
-        "weighted_f1",
-        "roc_auc_macro",
-        "pr_auc_macro",
-        "log_loss",
-        "ece",
+    assert read_json(evaluated["root"] / paths.EVALUATE_JSON) == m
+    for key in (*(metric.name for metric in METRICS), "n", "data_version", "run_id"):
+        assert m[key] is not None, key
+    assert set(m) == {metric.name for metric in METRICS} | {
         "n",
+        "per_class",
+        "ci",
+        "operating_point",
         "data_version",
         "run_id",
-    ):
-        assert m[key] is not None, key
-    assert set(m["per_class"]["COVID"]) == {"precision", "recall", "specificity", "f1", "support", "roc_auc", "pr_auc"}
-    point = {
-        "accuracy": m["accuracy"],
-        "macro_f1": m["macro_f1"],
-        "covid_sensitivity": m["per_class"]["COVID"]["recall"],
-        "covid_specificity": m["per_class"]["COVID"]["specificity"],
     }
-    for name, value in point.items():
-        assert m["ci"][name]["low"] <= value <= m["ci"][name]["high"], name
+    assert set(m["ci"]) == {metric.name for metric in METRICS if metric.ci}
+    assert (m["covid_sensitivity"], m["covid_specificity"]) == (
+        m["per_class"]["COVID"]["recall"],
+        m["per_class"]["COVID"]["specificity"],
+    )
+    assert set(m["per_class"]["COVID"]) == {"precision", "recall", "specificity", "f1", "support", "roc_auc", "pr_auc"}
+    for name, ci in m["ci"].items():  # each interval holds its point estimate
+        assert ci["low"] <= m[name] <= ci["high"], name
     # the threshold reaches the target on the validation split, recomputed from the saved model
     import keras
 
@@ -128,9 +123,7 @@ def test_evaluate_writes_tables_plots_gallery_and_card(evaluated):
     m = evaluated["metrics"]
     assert len(table) == m["n"]
     prob = table[[f"p_{c}" for c in evaluated["classes"]]].to_numpy()
-    decided = np.asarray(evaluated["classes"])[
-        serving.decide(prob, evaluated["classes"], m["operating_point"]["threshold"])
-    ]
+    decided = np.asarray(evaluated["classes"])[decide(prob, evaluated["classes"], m["operating_point"]["threshold"])]
     assert table["predicted_at_threshold"].tolist() == decided.tolist()
     assert pd.read_csv(out / "evaluate" / "reliability.csv")["count"].sum() == m["n"]
     for name in ("confusion", "roc", "pr", "reliability"):
@@ -140,7 +133,9 @@ def test_evaluate_writes_tables_plots_gallery_and_card(evaluated):
     assert (out / "gradcam" / "index.md").is_file() and (out / "gradcam" / "COVID.png").is_file()
     card = (out / "model_card.md").read_text()
     ci = m["ci"]["macro_f1"]
-    assert f"| macro F1 | {m['macro_f1']:.3f} | [{ci['low']:.3f}, {ci['high']:.3f}] |" in card
+    assert f"| Macro F1 | {m['macro_f1']:.3f} | [{ci['low']:.3f}, {ci['high']:.3f}] |" in card
+    for metric in METRICS:  # every metric of the registry has its row
+        assert f"| {metric.title} | {m[metric.name]:.3f} |" in card, metric.name
     assert f"p(COVID) ≥ **{m['operating_point']['threshold']:.3f}**" in card
     assert m["data_version"] in card and "paediatric" in card and "synthetic" in card
     assert "| total | " in card and "Clopper-Pearson" in card
@@ -149,8 +144,15 @@ def test_evaluate_writes_tables_plots_gallery_and_card(evaluated):
 def test_evaluate_logs_everything_and_the_servable_model_to_the_run(evaluated, mlflow_store):
     client = mlflow.MlflowClient(mlflow_store)
     run_id, m = evaluated["run_id"], evaluated["metrics"]
-    logged = client.get_run(run_id).data.metrics
+    run = client.get_run(run_id)
+    logged = run.data.metrics
     assert logged["test.ci.macro_f1.low"] == m["ci"]["macro_f1"]["low"]
+    assert all(logged[f"test.{metric.name}"] == m[metric.name] for metric in METRICS)
+    # the settings it read, as tags (MLflow params cannot change; a run is evaluated again when only they do)
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("evaluate.")} == {
+        f"evaluate.{k}": str(v) for k, v in CFG.model_dump().items()
+    }
+    assert run.data.params == {}  # evaluate logs no params (nor does MLflow for the model's settings)
     assert logged["test.operating_point.threshold"] == m["operating_point"]["threshold"]
     assert logged["test.per_class.COVID.pr_auc"] == m["per_class"]["COVID"]["pr_auc"]
     top = {a.path for a in client.list_artifacts(run_id)}

@@ -22,7 +22,7 @@ def test_default_store_keeps_artifacts_beside_it(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("DVC_EXP_NAME", "brisk-lamb")
-    with tracking.run(tracking.run_tags("cnn", "abc")) as run_id:
+    with tracking.run(tracking.run_tags("cnn", "abc", image_size=64)) as run_id:
         tracking.log_metrics(
             {"a": 1, "nested": {"b": 2.5, "skip": None, "nan": float("nan")}, "flag": True}, prefix="t."
         )

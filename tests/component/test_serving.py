@@ -21,11 +21,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-import chestxray.learn.models
+import chestxray.learn.models  # noqa: F401  (registers the custom layer)
 from chestxray.data.cache import cache_meta
 from chestxray.data.images import load_gray
 from chestxray.errors import UserError
 from chestxray.serve import serving
+from chestxray.serve.decision import decide
 from conftest import LOOPBACK
 
 THRESHOLD = 0.3
@@ -82,9 +83,7 @@ def test_pyfunc_model_predicts_what_the_keras_model_does(logged, trained_model, 
     prob = expected(trained_model, images, logged["classes"])
     assert list(out.columns) == [f"p_{c}" for c in logged["classes"]] + ["predicted"]
     np.testing.assert_allclose(out.iloc[:, :-1].to_numpy(), prob, atol=1e-6)
-    assert out["predicted"].tolist() == [
-        logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)
-    ]
+    assert out["predicted"].tolist() == [logged["classes"][i] for i in decide(prob, logged["classes"], THRESHOLD)]
     python_model = serving.load(logged["uri"])
     assert (
         python_model.threshold == THRESHOLD
@@ -107,9 +106,9 @@ def test_decode_errors_name_the_file(tmp_path):
 
     Image.fromarray(np.full((64, 64), 128, np.uint8)).save(truncated)
     data = truncated.read_bytes()
-    with pytest.raises(UserError, match="cut.png: corrupt or truncated"):
+    with pytest.raises(UserError, match=r"cut\.png: corrupt or truncated"):
         serving.decode(data[: len(data) // 2], 32, "cut.png")
-    with pytest.raises(UserError, match="notes.txt: not an image"):
+    with pytest.raises(UserError, match=r"notes\.txt: not an image"):
         serving.decode(b"plain text", 32, "notes.txt")
     assert serving.decode(data, 16, "x").shape == (16, 16)
 
@@ -175,7 +174,7 @@ def test_mlflow_models_serve_answers_over_http(logged, trained_model, images, st
         prob = expected(trained_model, images, logged["classes"])
         np.testing.assert_allclose([[row[f"p_{c}"] for c in logged["classes"]] for row in rows], prob, atol=1e-6)
         assert [row["predicted"] for row in rows] == [
-            logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)
+            logged["classes"][i] for i in decide(prob, logged["classes"], THRESHOLD)
         ]
         status, body = post(url, {"dataframe_records": [{"image": base64.b64encode(b"not a png").decode()}]})
         assert status == 400 and "row 0: not an image" in body["message"]
@@ -212,9 +211,7 @@ def test_predict_command_on_files_and_folders_with_the_champion(logged, trained_
     assert table["path"].tolist() == [str(folder / "sub/0.png"), str(folder / "sub/1.png"), str(images[2])]
     prob = expected(trained_model, images, logged["classes"])
     np.testing.assert_allclose(table[[f"p_{c}" for c in logged["classes"]]].to_numpy(), prob, atol=1e-6)
-    assert table["predicted"].tolist() == [
-        logged["classes"][i] for i in serving.decide(prob, logged["classes"], THRESHOLD)
-    ]
+    assert table["predicted"].tolist() == [logged["classes"][i] for i in decide(prob, logged["classes"], THRESHOLD)]
 
     done = run_cli("predict", str(images[0]), "--model", logged["uri"], "--format", "json", cwd=tmp_path, store=store)
     assert done.returncode == 0, done.stderr

@@ -24,10 +24,11 @@ import pytest
 from PIL import Image
 
 from chestxray.data.cache import cache_meta
-from chestxray.data.labels import COVID
 from chestxray.errors import UserError
-from chestxray.judge import explain
+from chestxray.learn import explain
 from chestxray.serve import serving, web
+from chestxray.serve.decision import decide
+from chestxray.tasks import COVID
 from conftest import LOOPBACK, SHARED
 
 XRAY = SHARED / "data/covid19-radiography-sample/COVID-19_Radiography_Dataset/COVID/images/COVID-1.png"
@@ -78,7 +79,7 @@ def logged(trained_model: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
     is there), so a server that ignored it would fail the tests."""
     import keras
 
-    import chestxray.learn.models
+    import chestxray.learn.models  # noqa: F401  (custom objects)
     from chestxray.tracking import experiment_id
 
     classes = list(cache_meta(cache_dir)["classes"])
@@ -139,7 +140,7 @@ def expected(logged: SimpleNamespace, path: Path) -> tuple[np.ndarray, dict[str,
     """What the model computes directly for the file: (grey image, probabilities, class at the operating point)."""
     image = serving.decode(path.read_bytes(), logged.model.image_size, path.name)
     prob = logged.model.probabilities(image[None])
-    predicted = logged.classes[int(serving.decide(prob, logged.classes, logged.threshold)[0])]
+    predicted = logged.classes[int(decide(prob, logged.classes, logged.threshold)[0])]
     return image, dict(zip(logged.classes, prob[0].tolist(), strict=True)), predicted
 
 

@@ -10,13 +10,13 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from PIL import Image
 
-from chestxray import tracking
-from chestxray.config import CompareConfig
-from chestxray.io import read_json
-from chestxray.judge.compare import compare_runs, leaderboard_rows, mcnemar
-from chestxray.reports import leaderboard_markdown, plot_leaderboard
+from chestxray import paths, tracking
+from chestxray.config import CompareSettings
+from chestxray.io import read_json, write_json
+from chestxray.judge import leaderboard, metrics
+from chestxray.judge.compare import compare_runs, mcnemar
+from conftest import png_size
 
 NAME = "chestxray"
 CLASSES = ("COVID", "Normal")
@@ -51,10 +51,8 @@ def log_run(
 ) -> str:
     """A trained run; evaluated (test.*) when ``f1`` is given; with a pyfunc ``model`` and an
     ``evaluate/predictions.csv`` when asked."""
-    with tracking.run(tracking.run_tags(model, version)) as run_id:
-        tracking.log_params(
-            {"model": model, "train": {"weights": "none", "imbalance": "class_weight"}, "data": {"image_size": 64}}
-        )
+    with tracking.run(tracking.run_tags(model, version, image_size=64)) as run_id:
+        tracking.log_params({"model": model, "train": {"weights": "none", "imbalance": "class_weight"}})
         tracking.log_metrics({"epochs_run": 3, "params": 1234, "train_seconds": 12.5, "model_mb": 4.2}, prefix="train.")
         if f1 is not None:
             tracking.log_metrics(
@@ -63,7 +61,8 @@ def log_run(
                     "accuracy": accuracy,
                     "roc_auc_macro": 0.95,
                     "ece": 0.04,
-                    "per_class": {"COVID": {"recall": 0.9, "specificity": 0.8}},
+                    "covid_sensitivity": 0.9,
+                    "covid_specificity": 0.8,
                     "ci": {"macro_f1": {"low": f1 - 0.055, "high": f1 + 0.047}},
                 },
                 prefix="test.",
@@ -79,14 +78,9 @@ def log_run(
 
 
 def run_compare(tmp_path: Path, version: str = "v1", metric: str = "macro_f1") -> dict:
-    """The compare stage on ``version``, writing into ``tmp_path``."""
-    return compare_runs(
-        version,
-        CompareConfig(metric, NAME),
-        tmp_path / "compare.json",
-        tmp_path / "leaderboard.md",
-        tmp_path / "leaderboard.png",
-    )
+    """The compare stage after an evaluation on ``version``, with ``tmp_path`` as the repository."""
+    write_json(tmp_path / paths.EVALUATE_JSON, {"data_version": version})
+    return compare_runs(CompareSettings(metric=metric, registered_model=NAME), tmp_path)
 
 
 def champion() -> tuple[int, str]:
@@ -97,14 +91,6 @@ def champion() -> tuple[int, str]:
 
 def n_versions() -> int:
     return len(MlflowClient(tracking.tracking_uri()).search_model_versions(f"name = '{NAME}'"))
-
-
-def assert_png(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        return image.size
 
 
 # Ranking
@@ -146,11 +132,11 @@ def test_compare_ranks_evaluated_runs_of_the_same_data_version(mlflow_store, tmp
     assert summary["champion"] is None and summary["mcnemar"] is None and n_versions() == 0
     assert f"the best run {b} logged no model 'model'" in caplog.text
     assert f"no McNemar test for {row['run_name']} ({b})" in caplog.text
-    assert read_json(tmp_path / "compare.json") == summary
-    board = (tmp_path / "leaderboard.md").read_text()
+    assert read_json(tmp_path / paths.COMPARE_JSON) == summary
+    board = (tmp_path / paths.LEADERBOARD_MD).read_text()
     assert "`v1`" in board and board.index("vgg19") < board.index("| cnn") and "No champion yet." in board
     assert "★" not in board
-    assert_png(tmp_path / "leaderboard.png")
+    png_size(tmp_path / paths.LEADERBOARD_PNG)
 
 
 def test_ranking_by_another_metric_changes_the_order(mlflow_store):
@@ -158,10 +144,32 @@ def test_ranking_by_another_metric_changes_the_order(mlflow_store):
     b = log_run("vgg19", "v1", 0.82, accuracy=0.7)
     c = log_run("resnet50", "v1", 0.82, accuracy=0.7)  # ties: the earlier run first
     runs = tracking.runs_for("v1")
-    assert [r["run_id"] for r in leaderboard_rows(runs, "macro_f1")] == [b, c, a]
-    assert [r["run_id"] for r in leaderboard_rows(runs, "accuracy")] == [a, b, c]
-    assert leaderboard_rows(runs, "roc_auc_macro")[0]["roc_auc_macro"] == 0.95
-    assert leaderboard_rows(runs, "weighted_f1") == []  # never logged: no run is ranked
+    ranked = {
+        name: [r["run_id"] for r in leaderboard.rows(runs, metrics.get(name))] for name in ("macro_f1", "accuracy")
+    }
+    assert ranked == {"macro_f1": [b, c, a], "accuracy": [a, b, c]}
+    assert leaderboard.rows(runs, metrics.get("roc_auc_macro"))[0]["roc_auc_macro"] == 0.95
+    assert leaderboard.rows(runs, metrics.get("weighted_f1")) == []  # never logged: no run is ranked
+
+
+def test_a_lower_is_better_metric_ranks_and_crowns_the_lowest(mlflow_store, tmp_path):
+    """compare.metric may be any metric of the registry; ece and log_loss are better when lower."""
+    high = log_run("cnn", "v1", 0.9, servable=True)
+    with tracking.run(run_id=high):
+        tracking.log_metrics({"ece": 0.10}, prefix="test.")
+    low = log_run("vgg19", "v1", 0.5, servable=True)  # ece 0.04 (log_run's)
+    summary = run_compare(tmp_path, metric="ece")
+    assert [r["run_id"] for r in summary["leaderboard"]] == [low, high]
+    assert summary["champion"]["run_id"] == low and summary["champion"]["value"] == 0.04
+    with tracking.run(run_id=high):  # now better than the champion
+        tracking.log_metrics({"ece": 0.01}, prefix="test.")
+    moved = run_compare(tmp_path, metric="ece")["champion"]
+    assert moved["run_id"] == high and moved["reason"].endswith("ece 0.0100 < 0.0400")
+    with tracking.run(run_id=low):  # a metric that is not a leaderboard column ranks all the same
+        tracking.log_metrics({"log_loss": 0.3}, prefix="test.")
+    with tracking.run(run_id=high):
+        tracking.log_metrics({"log_loss": 0.2}, prefix="test.")
+    assert [r["run_id"] for r in run_compare(tmp_path, metric="log_loss")["leaderboard"]] == [high, low]
 
 
 def test_compare_with_no_evaluated_run(mlflow_store, tmp_path):
@@ -175,8 +183,8 @@ def test_compare_with_no_evaluated_run(mlflow_store, tmp_path):
         "mcnemar": None,
         "leaderboard": [],
     }
-    assert "_No runs yet._" in (tmp_path / "leaderboard.md").read_text()
-    assert_png(tmp_path / "leaderboard.png")
+    assert "_No runs yet._" in (tmp_path / paths.LEADERBOARD_MD).read_text()
+    png_size(tmp_path / paths.LEADERBOARD_PNG)
 
 
 # McNemar
@@ -300,7 +308,7 @@ def test_compare_json_leaderboard_and_chart(mlflow_store, tmp_path):
     b = log_run("cnn", "v1", 0.75, accuracy=0.6, servable=True, preds=predictions(second), tmp_path=tmp_path)
     summary = run_compare(tmp_path)
     names = {row["run_id"]: row["run_name"] for row in summary["leaderboard"]}
-    assert read_json(tmp_path / "compare.json") == summary
+    assert read_json(tmp_path / paths.COMPARE_JSON) == summary
     assert summary["metric"] == "macro_f1" and summary["n_runs"] == 2 and summary["data_version"] == "v1"
     assert summary["best"] == {"run_id": a, "run_name": names[a], "model": "resnet50", "macro_f1": 0.884}
     assert summary["mcnemar"] == {
@@ -322,7 +330,7 @@ def test_compare_json_leaderboard_and_chart(mlflow_store, tmp_path):
         "value": 0.884,
         "moved": True,
     }
-    board = (tmp_path / "leaderboard.md").read_text()
+    board = (tmp_path / paths.LEADERBOARD_MD).read_text()
     assert f"`chestxray@champion` → version 1, run {names[a]} (`{a}`" in board
     rows = [line for line in board.splitlines() if line.startswith("| ")][1:]
     assert rows[0].startswith("| ★ | 1 |") and rows[1].startswith("|  | 2 |")
@@ -330,68 +338,5 @@ def test_compare_json_leaderboard_and_chart(mlflow_store, tmp_path):
     assert "| 4.200 |" in rows[0] and "| class_weight |" in rows[0]
     assert f"#1 {names[a]} vs #2 {names[b]} on the same 20 test images: 7 right only by #1, 1 only by #2" in board
     assert "p = 0.07031: they do not differ significantly (α = 0.05)" in board
-    width, height = assert_png(tmp_path / "leaderboard.png")
+    width, height = png_size(tmp_path / paths.LEADERBOARD_PNG)
     assert 400 < width < 2000 and 150 < height < 1000
-
-
-def row(run_id: str, name: str, macro_f1: float | None, low: float | None = None, high: float | None = None) -> dict:
-    return {
-        "run_id": run_id,
-        "run_name": name,
-        "model": "resnet50",
-        "weights": "imagenet",
-        "image_size": 224,
-        "imbalance": "focal",
-        "epochs": 5,
-        "macro_f1": macro_f1,
-        "macro_f1_low": low,
-        "macro_f1_high": high,
-        "accuracy": 0.91234,
-        "roc_auc_macro": float("nan"),
-        "covid_sensitivity": 0.8,
-        "covid_specificity": None,
-        "train_seconds": 12.3456,
-        "params": 23587712,
-        "model_mb": 94.7,
-        "start_time": "2024-05-01T10:00:00",
-    }
-
-
-def test_leaderboard_markdown() -> None:
-    rows = [
-        row("r2", "second-run", 0.5, 0.41, 0.6),
-        row("r1", "first-run", None, 0.1, 0.2),
-        row("r3", "third-run", 0.25),
-    ]
-    text = leaderboard_markdown(rows, "r1", "Intro.", ["A note."])
-    assert text.startswith("# Leaderboard\n\nIntro.\n") and text.endswith("\n\nA note.\n")
-    lines = [line for line in text.splitlines() if line.startswith("| ")][1:]  # skip header
-    assert len(lines) == 3
-    assert [next(n for n in ("second", "first", "third") if n in line) for line in lines] == [
-        "second",
-        "first",
-        "third",
-    ]
-    assert "| 0.500 [0.410, 0.600] | 0.912 |" in lines[0] and "| 12.346 |" in lines[0] and "| 94.700 |" in lines[0]
-    assert (
-        "| – | 0.912 | – | – | – |" in lines[1]
-    )  # None macro F1 (its CI not shown), no balanced acc. / weighted F1, NaN ROC-AUC
-    assert "| 0.800 | – | – |" in lines[1]  # None COVID specificity, no ECE
-    assert "| 0.250 | 0.912 |" in lines[2]  # no CI
-    assert lines[1].startswith("| ★ | 2 |") and "★" not in lines[0] + lines[2]
-    assert "23,587,712" in lines[0] and "| 224 |" in lines[0]
-
-
-def test_leaderboard_without_champion_or_rows() -> None:
-    assert "★" not in leaderboard_markdown([row("r1", "a", 0.5)], None)
-    assert leaderboard_markdown([], None) == "# Leaderboard\n\n_No runs yet._\n"
-
-
-@pytest.mark.parametrize("n", [1, 20])
-def test_plot_leaderboard_is_readable_with_few_or_many_runs(tmp_path, n) -> None:
-    rows = [row(f"r{i}", f"run-{i}", 0.9 - 0.02 * i, 0.85 - 0.02 * i, 0.93 - 0.02 * i) for i in range(n)]
-    path = tmp_path / "leaderboard.png"
-    plot_leaderboard(rows, "macro_f1", "r0", path)
-    width, height = assert_png(path)
-    assert 400 < width < 2000 and 150 < height < 2500
-    assert [p.name for p in tmp_path.iterdir()] == ["leaderboard.png"]  # written atomically

@@ -1,4 +1,4 @@
-"""Plots write valid PNGs atomically."""
+"""Plots write valid PNGs atomically (matplotlib figures without pyplot)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chestxray.reports import plot_confusion, plot_history, plot_roc
+from chestxray.judge import plots
+from chestxray.learn.training import plot_history
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
@@ -42,20 +43,20 @@ def history(n: int = 6) -> pd.DataFrame:
 
 def test_plot_confusion(tmp_path: Path) -> None:
     path = tmp_path / "confusion.png"
-    plot_confusion(np.array([[30, 2, 1], [3, 40, 5], [0, 4, 25]]), CLASSES, path)
+    plots.confusion(np.array([[30, 2, 1], [3, 40, 5], [0, 4, 25]]), CLASSES, path)
     assert_png(path)
 
 
 def test_plot_confusion_handles_empty_row(tmp_path: Path) -> None:
     path = tmp_path / "confusion.png"
-    plot_confusion(np.array([[3, 1], [0, 0]]), ["a", "b"], path)
+    plots.confusion(np.array([[3, 1], [0, 0]]), ["a", "b"], path)
     assert_png(path)
 
 
 def test_plot_roc(tmp_path: Path) -> None:
     curve = pd.DataFrame({"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1], "threshold": [1.0, 0.5, 0.0]})
     path = tmp_path / "roc.png"
-    plot_roc({"COVID": curve, "Normal": curve}, {"COVID": 0.9512, "Normal": None}, path)
+    plots.roc({"COVID": curve, "Normal": curve}, {"COVID": 0.9512, "Normal": None}, path)
     assert_png(path)
 
 
@@ -71,3 +72,22 @@ def test_plot_replaces_existing_file(tmp_path: Path) -> None:
     path.write_bytes(b"old")
     plot_history(history(), path, None)
     assert_png(path)
+
+
+def test_precision_recall_and_reliability(tmp_path: Path) -> None:
+    curve = pd.DataFrame({"recall": [0, 0.5, 1], "precision": [1, 0.9, 0.6], "threshold": [0.9, 0.5, 0.1]})
+    plots.precision_recall({"COVID": curve}, {"COVID": 0.85}, tmp_path / "pr" / "pr.png")
+    assert_png(tmp_path / "pr" / "pr.png")
+    table = pd.DataFrame(
+        {"low": [0, 0.5], "high": [0.5, 1], "count": [0, 4], "confidence": [np.nan, 0.8], "accuracy": [np.nan, 0.75]}
+    )
+    plots.reliability(table, 0.05, tmp_path / "reliability" / "r.png")
+    assert_png(tmp_path / "reliability" / "r.png")
+
+
+def test_no_pyplot_state_is_left_behind(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    plot_history(history(), tmp_path / "history.png", None)
+    assert plt.get_fignums() == before

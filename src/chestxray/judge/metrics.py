@@ -1,0 +1,264 @@
+"""Classification metrics and their registry.
+
+``METRICS`` lists every overall metric evaluate reports, once: its key (in metrics/evaluate.json and
+as ``test.<key>`` in MLflow), its title (a leaderboard column, a model card row), how it is computed,
+which way is better, whether it gets a bootstrap confidence interval and whether the leaderboard
+shows it. Ranking (``compare.metric``), the intervals, the leaderboard and the model card are derived
+from it, so adding a metric is one function and one entry here.
+
+A metric computed from confusion matrices (``counts``) works on a stack of them at once, which is
+what the bootstrap resamples; only those can have an interval. The others (``scores``) need the
+probabilities. Values are JSON-ready: floats rounded to 6 decimals, None where undefined.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from chestxray.errors import UserError
+from chestxray.tasks import COVID
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What a probability-based metric sees: true labels, probabilities (N, k), calibration bins."""
+
+    y_true: np.ndarray
+    y_prob: np.ndarray
+    bins: int
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    title: str
+    counts: Callable[[np.ndarray, int], np.ndarray] | None = None  # (confusion matrices (..., k, k), positive) → (...)
+    scores: Callable[[Scores], float | None] | None = None
+    higher_is_better: bool = True
+    ci: bool = False
+    leaderboard: bool = False
+
+
+def number(value: float | None) -> float | None:
+    """A plain float rounded to 6 decimals, or None when undefined (None, NaN, inf)."""
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return round(float(value), 6)
+
+
+def _parts(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(true positives, actual, predicted) per class and the total, of a stack of confusion matrices."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    return tp, cm.sum(axis=-1), cm.sum(axis=-2), cm.sum(axis=(-2, -1))
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray, undefined: float) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, undefined)
+
+
+def _precision(cm: np.ndarray) -> np.ndarray:
+    tp, _, predicted, _ = _parts(cm)
+    return _ratio(tp, predicted, 0.0)  # a class never predicted: 0 (as sklearn's zero_division=0)
+
+
+def _recall(cm: np.ndarray) -> np.ndarray:
+    tp, actual, _, _ = _parts(cm)
+    return _ratio(tp, actual, 0.0)
+
+
+def _f1(cm: np.ndarray, undefined: float) -> np.ndarray:
+    tp, actual, predicted, _ = _parts(cm)
+    return _ratio(2 * tp, actual + predicted, undefined)
+
+
+def _weighted(values: np.ndarray, cm: np.ndarray) -> np.ndarray:
+    """Mean of per-class ``values`` weighted by each class's number of actual images."""
+    actual = cm.sum(axis=-1)
+    return (values * actual).sum(axis=-1) / actual.sum(axis=-1)
+
+
+def accuracy(cm: np.ndarray, positive: int) -> np.ndarray:
+    tp, _, _, total = _parts(cm)
+    return tp.sum(axis=-1) / total
+
+
+def balanced_accuracy(cm: np.ndarray, positive: int) -> np.ndarray:
+    """Mean recall over the classes that occur."""
+    tp, actual, _, _ = _parts(cm)
+    return np.nanmean(_ratio(tp, actual, np.nan), axis=-1)
+
+
+def macro_f1(cm: np.ndarray, positive: int) -> np.ndarray:
+    """Mean F1 over the classes that occur as actual or predicted (a bootstrap resample can miss a
+    rare class; it is left out rather than scored 0)."""
+    return np.nanmean(_f1(cm, np.nan), axis=-1)
+
+
+def covid_sensitivity(cm: np.ndarray, positive: int) -> np.ndarray:
+    tp, actual, _, _ = _parts(cm)
+    return _ratio(tp[..., positive], actual[..., positive], np.nan)
+
+
+def covid_specificity(cm: np.ndarray, positive: int) -> np.ndarray:
+    tp, actual, predicted, total = _parts(cm)
+    negatives = total - actual[..., positive]
+    return _ratio(negatives - (predicted[..., positive] - tp[..., positive]), negatives, np.nan)
+
+
+def both_present(positive: np.ndarray) -> bool:
+    """Whether a one-vs-rest target has both positives and negatives (else ROC is undefined)."""
+    return bool(positive.any() and not positive.all())
+
+
+def one_vs_rest(y_true: np.ndarray, y_prob: np.ndarray, area: Callable[..., float]) -> list[float | None]:
+    """``area(positive, scores)`` of each class taken one-vs-rest; None where it is undefined."""
+    return [
+        float(area(y_true == i, y_prob[:, i])) if both_present(y_true == i) else None for i in range(y_prob.shape[1])
+    ]
+
+
+def _mean_defined(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def reliability(y_true: np.ndarray, y_prob: np.ndarray, bins: int) -> pd.DataFrame:
+    """Top-label calibration in ``bins`` equal-width confidence bins: per bin its edges, the
+    number of images, their mean confidence and their accuracy (NaN for an empty bin)."""
+    confidence = y_prob.max(axis=1)
+    correct = y_prob.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)  # (low, high], first bin [0, high]
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(which, confidence, bins) / count
+        accuracy = np.bincount(which, correct.astype(float), bins) / count
+    return pd.DataFrame(
+        {"low": edges[:-1], "high": edges[1:], "count": count, "confidence": mean_confidence, "accuracy": accuracy}
+    )
+
+
+def expected_calibration_error(table: pd.DataFrame) -> float:
+    """Σ (bin share) · |accuracy − confidence| over the non-empty bins of a ``reliability`` table."""
+    filled = table[table["count"] > 0]
+    return float((filled["count"] * (filled["accuracy"] - filled["confidence"]).abs()).sum() / filled["count"].sum())
+
+
+METRICS: tuple[Metric, ...] = (  # in the leaderboard's column order
+    Metric("macro_f1", "Macro F1", counts=macro_f1, ci=True, leaderboard=True),
+    Metric("accuracy", "Accuracy", counts=accuracy, ci=True, leaderboard=True),
+    Metric("balanced_accuracy", "Balanced acc.", counts=balanced_accuracy, leaderboard=True),
+    Metric("weighted_f1", "Weighted F1", counts=lambda cm, _: _weighted(_f1(cm, 0.0), cm), leaderboard=True),
+    Metric(
+        "roc_auc_macro",
+        "ROC-AUC (macro)",
+        scores=lambda s: _mean_defined(one_vs_rest(s.y_true, s.y_prob, skm.roc_auc_score)),
+        leaderboard=True,
+    ),
+    Metric("covid_sensitivity", f"{COVID} sens.", counts=covid_sensitivity, ci=True, leaderboard=True),
+    Metric("covid_specificity", f"{COVID} spec.", counts=covid_specificity, ci=True, leaderboard=True),
+    Metric(
+        "ece",
+        "ECE",
+        scores=lambda s: expected_calibration_error(reliability(s.y_true, s.y_prob, s.bins)),
+        higher_is_better=False,
+        leaderboard=True,
+    ),
+    Metric(
+        "pr_auc_macro",
+        "PR-AUC (macro)",
+        scores=lambda s: _mean_defined(one_vs_rest(s.y_true, s.y_prob, skm.average_precision_score)),
+    ),
+    Metric("macro_precision", "Macro precision", counts=lambda cm, _: _precision(cm).mean(axis=-1)),
+    Metric("macro_recall", "Macro recall", counts=lambda cm, _: _recall(cm).mean(axis=-1)),
+    Metric("weighted_precision", "Weighted precision", counts=lambda cm, _: _weighted(_precision(cm), cm)),
+    Metric("weighted_recall", "Weighted recall", counts=lambda cm, _: _weighted(_recall(cm), cm)),
+    Metric(
+        "log_loss",
+        "Log loss",
+        scores=lambda s: skm.log_loss(s.y_true, s.y_prob, labels=range(s.y_prob.shape[1])),
+        higher_is_better=False,
+    ),
+)
+
+
+def get(name: str) -> Metric:
+    """The metric called ``name`` (params.yaml's ``compare.metric``)."""
+    for metric in METRICS:
+        if metric.name == name:
+            return metric
+    raise UserError(f"params.yaml: compare.metric must be one of {', '.join(m.name for m in METRICS)}, got {name!r}")
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """(k, k) int counts; rows are true classes, columns predicted classes."""
+    return skm.confusion_matrix(np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int), labels=range(k))
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str], bins: int = 10
+) -> dict[str, Any]:
+    """Every metric of ``METRICS``, ``n`` and ``per_class`` (precision, recall = sensitivity,
+    specificity, F1, support, ROC-AUC and PR-AUC one-vs-rest), as a JSON-ready dict. The predicted
+    class is the argmax of ``y_prob``; ``bins`` confidence bins give the ECE."""
+    y_true, y_prob = _check(y_true, y_prob, classes)
+    k, positive = len(classes), list(classes).index(COVID)
+    cm = confusion(y_true, y_prob.argmax(axis=1), k).astype(float)
+    scores = Scores(y_true, y_prob, bins)
+    values = {m.name: number(m.counts(cm, positive) if m.counts is not None else m.scores(scores)) for m in METRICS}
+    precision, recall, f1 = _precision(cm), _recall(cm), _f1(cm, 0.0)
+    tp, actual, predicted, total = _parts(cm)
+    negatives = total - actual
+    specificity = _ratio(negatives - (predicted - tp), negatives, np.nan)
+    aucs = one_vs_rest(y_true, y_prob, skm.roc_auc_score)
+    pr_aucs = one_vs_rest(y_true, y_prob, skm.average_precision_score)
+    per_class = {
+        name: {
+            "precision": number(precision[i]),
+            "recall": number(recall[i]),
+            "specificity": number(specificity[i]),
+            "f1": number(f1[i]),
+            "support": int(actual[i]),
+            "roc_auc": number(aucs[i]),
+            "pr_auc": number(pr_aucs[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+    return {**values, "n": len(y_true), "per_class": per_class}
+
+
+def bootstrap_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], resamples: int, seed: int, level: float = 0.95
+) -> dict[str, dict[str, float | None]]:
+    """Percentile bootstrap intervals of the metrics with ``ci``: the images resampled with
+    replacement ``resamples`` times (seeded), one confusion matrix per resample."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    k, n = len(classes), len(y_true)
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    codes = (y_true[idx] * k + y_pred[idx]) + (np.arange(resamples) * k * k)[:, None]
+    cm = np.bincount(codes.ravel(), minlength=resamples * k * k).reshape(resamples, k, k).astype(float)
+    positive, tail = list(classes).index(COVID), (1 - level) / 2 * 100
+    out = {}
+    for metric in (m for m in METRICS if m.ci):
+        low, high = np.nanpercentile(metric.counts(cm, positive), [tail, 100 - tail])
+        out[metric.name] = {"low": number(low), "high": number(high)}
+    return out
+
+
+def _check(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Validate shapes and return ``(y_true, y_prob)`` as int and float arrays."""
+    y_true = np.asarray(y_true, dtype=int)
+    y_prob = np.asarray(y_prob, dtype=float)
+    if y_prob.ndim != 2 or y_prob.shape != (len(y_true), len(classes)):
+        raise ValueError(f"y_prob has shape {y_prob.shape}, expected ({len(y_true)}, {len(classes)})")
+    if len(y_true) and (y_true.min() < 0 or y_true.max() >= len(classes)):
+        raise ValueError(f"y_true has labels outside 0..{len(classes) - 1}")
+    return y_true, y_prob

@@ -1,0 +1,39 @@
+"""Where the stages read and write, relative to the repository root (the stages' working directory).
+
+dvc.yaml reads this file too (``vars:``), so a path is written once. DVC takes only literal
+strings from it: keep every entry a plain ``NAME = "path"`` line.
+"""
+
+RAW_DIR = "data/raw"  # the dataset as its source ships it
+DOWNLOADS_DIR = "data/downloads"  # Kaggle archives while they download (kept if cut, to resume)
+MANIFEST_CSV = "data/interim/manifest.csv"  # the clean images, one row each, with what one decode measured
+REJECTED_CSV = "data/interim/rejected.csv"  # the rejected files and why
+SPLIT_CSV = "data/processed/split.csv"  # path, label, split, group; its hash is the data version
+CACHE_DIR = "data/processed/cache"  # uint8 images per split at data.image_size
+MODEL_DIR = "models"  # the best checkpoint (model.keras) and run.json
+
+METRICS_DIR = "metrics"
+DOWNLOAD_JSON = "metrics/download.json"
+VALIDATE_JSON = "metrics/validate.json"
+SPLIT_JSON = "metrics/split.json"
+TRAIN_JSON = "metrics/train.json"
+EVALUATE_JSON = "metrics/evaluate.json"
+COMPARE_JSON = "metrics/compare.json"
+
+VALIDATION_DOCS_DIR = "reports/validation"  # Great Expectations Data Docs
+EDA_DIR = "reports/eda"
+HISTORY_CSV = "reports/train/history.csv"  # one row per epoch (Keras CSVLogger)
+CURVES_PNG = "reports/train/curves.png"
+EVALUATE_DIR = "reports/evaluate"  # predictions, curves and plots of the test split
+PREDICTIONS_CSV = "reports/evaluate/predictions.csv"
+RELIABILITY_CSV = "reports/evaluate/reliability.csv"
+ROC_DIR = "reports/evaluate/roc"  # one CSV per class
+PR_DIR = "reports/evaluate/pr"  # one CSV per class
+CONFUSION_PNG = "reports/evaluate/confusion.png"
+ROC_PNG = "reports/evaluate/roc.png"
+PR_PNG = "reports/evaluate/pr.png"
+RELIABILITY_PNG = "reports/evaluate/reliability.png"
+GRADCAM_DIR = "reports/gradcam"
+MODEL_CARD_MD = "reports/model_card.md"
+LEADERBOARD_MD = "reports/leaderboard.md"
+LEADERBOARD_PNG = "reports/leaderboard.png"
