@@ -139,7 +139,7 @@ def log_data_records(records: Mapping[str, Mapping[str, Any]]) -> None:
     tags = {f"data.{k}": str(download[k]) for k in ("source", "slug", "version", "sha256") if k in download}
     if "task" in records.get("validate", {}):
         tags["data.task"] = records["validate"]["task"]["name"]
-    mlflow.set_tags(tags)
+    set_tags(tags)
 
 
 def runs_for(data_version: str) -> list[dict[str, Any]]:
