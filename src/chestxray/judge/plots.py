@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from chestxray.figures import figure, save_figure
 
@@ -40,42 +41,44 @@ def confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> None:
 
 def roc(curves: dict[str, pd.DataFrame], aucs: dict[str, float | None], path: Path) -> None:
     """One-vs-rest ROC curves, one line per class with its AUC in the legend, plus chance."""
-    fig, ((ax,),) = figure((6.5, 6))
-    for name, curve in curves.items():
-        auc = aucs.get(name)
-        label = f"{name} (AUC = {auc:.3f})" if auc is not None else f"{name} (AUC n/a)"
-        ax.plot(curve["fpr"], curve["tpr"], lw=2, label=label)
+    fig, ax = _per_class(curves, aucs, "AUC", lambda ax, c, label: ax.plot(c["fpr"], c["tpr"], lw=2, label=label))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="Chance")
     ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.02),
         xlabel="False positive rate (1 − specificity)",
         ylabel="True positive rate (sensitivity)",
         title="ROC curves (one-vs-rest)",
     )
     ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     save_figure(fig, path)
 
 
 def precision_recall(curves: dict[str, pd.DataFrame], aps: dict[str, float | None], path: Path) -> None:
     """One-vs-rest precision-recall curves, one line per class with its PR-AUC (average precision)."""
-    fig, ((ax,),) = figure((6.5, 6))
-    for name, curve in curves.items():
-        ap = aps.get(name)
-        label = f"{name} (PR-AUC = {ap:.3f})" if ap is not None else f"{name} (PR-AUC n/a)"
+
+    def step(ax: Axes, curve: pd.DataFrame, label: str) -> None:
         ax.step(curve["recall"], curve["precision"], where="post", lw=2, label=label)
-    ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-        xlabel="Recall (sensitivity)",
-        ylabel="Precision",
-        title="Precision-recall curves (one-vs-rest)",
-    )
-    ax.grid(alpha=0.3)
+
+    fig, ax = _per_class(curves, aps, "PR-AUC", step)
+    ax.set(xlabel="Recall (sensitivity)", ylabel="Precision", title="Precision-recall curves (one-vs-rest)")
     ax.legend(loc="lower left")
     save_figure(fig, path)
+
+
+def _per_class(
+    curves: dict[str, pd.DataFrame],
+    areas: dict[str, float | None],
+    area: str,
+    draw: Callable[[Axes, pd.DataFrame, str], object],
+) -> tuple[Figure, Axes]:
+    """A unit-square panel with ``draw(ax, curve, label)`` for each class, labelled with its ``area``."""
+    fig, ((ax,),) = figure((6.5, 6))
+    for name, curve in curves.items():
+        value = areas.get(name)
+        draw(ax, curve, f"{name} ({area} = {value:.3f})" if value is not None else f"{name} ({area} n/a)")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    return fig, ax
 
 
 def reliability(table: pd.DataFrame, ece: float | None, path: Path) -> None:
