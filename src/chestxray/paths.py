@@ -12,7 +12,6 @@ SPLIT_CSV = "data/processed/split.csv"  # path, label, split, group; its hash is
 CACHE_DIR = "data/processed/cache"  # uint8 images per split at data.image_size
 MODEL_DIR = "models"  # the best checkpoint (model.keras) and run.json
 
-METRICS_DIR = "metrics"
 DOWNLOAD_JSON = "metrics/download.json"
 VALIDATE_JSON = "metrics/validate.json"
 SPLIT_JSON = "metrics/split.json"

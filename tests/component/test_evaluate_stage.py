@@ -30,7 +30,7 @@ def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store
     """evaluate_model run on the session's trained model, with the records the stage reads."""
     meta = cache_meta(cache_dir)
     root = project(tmp_path, cache=cache_dir)
-    models, metrics_dir = root / paths.MODEL_DIR, root / paths.METRICS_DIR
+    models = root / paths.MODEL_DIR
     models.mkdir()
     shutil.copy(trained_model, models / "model.keras")
     with tracking.run(tracking.run_tags("cnn", meta["data_version"], image_size=32)) as run_id:
@@ -47,7 +47,7 @@ def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store
         for s in ("train", "val", "test")
     }
     write_json(
-        metrics_dir / "split.json",
+        root / paths.SPLIT_JSON,
         {
             "counts": counts,
             "data_version": meta["data_version"],
@@ -56,7 +56,7 @@ def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store
         },
     )
     write_json(
-        metrics_dir / "train.json",
+        root / paths.TRAIN_JSON,
         {
             "best_epoch": 6,
             "best_val_loss": 0.9,
@@ -67,7 +67,7 @@ def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store
             "model_mb": 0.1,
         },
     )
-    write_json(metrics_dir / "download.json", {"source": "synthetic", "files": 320, "bytes": 1})
+    write_json(root / paths.DOWNLOAD_JSON, {"source": "synthetic", "files": 320, "bytes": 1})
     metrics = evaluate_model(CFG, 42, root)
     return {
         "metrics": metrics,

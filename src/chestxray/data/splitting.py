@@ -151,9 +151,8 @@ def leakage_pairs(table: pd.DataFrame, near_distance: int) -> dict[str, int]:
     perceptual hashes are within ``near_distance`` bits but whose bytes differ (``near_pairs``)."""
     per_split = table.groupby(["sha256", "split"]).size()
     per_hash = per_split.groupby(level="sha256").sum()
-    exact = (per_hash * (per_hash - 1)).sum() // 2 - (
-        per_split * (per_split - 1)
-    ).sum() // 2  # all pairs − same-split pairs
+    # all pairs of copies, less those inside one split
+    exact = (per_hash * (per_hash - 1)).sum() // 2 - (per_split * (per_split - 1)).sum() // 2
     i, j = near_pairs(list(table["phash"]), near_distance).T
     split, sha = table["split"].to_numpy(), table["sha256"].to_numpy()
     near = (split[i] != split[j]) & (sha[i] != sha[j])

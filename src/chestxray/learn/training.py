@@ -88,9 +88,7 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     history_csv = root / paths.HISTORY_CSV
     history_csv.parent.mkdir(parents=True, exist_ok=True)
     history_csv.unlink(missing_ok=True)
-    records = {
-        name: root / path for name, path in (("download", paths.DOWNLOAD_JSON), ("validate", paths.VALIDATE_JSON))
-    }
+    records = {"download": root / paths.DOWNLOAD_JSON, "validate": root / paths.VALIDATE_JSON}
 
     with (
         atomic_path(root / paths.MODEL_DIR, is_dir=True) as out,
