@@ -24,8 +24,7 @@ HELP = "see docs/params.md"
 SHOULD = re.compile(r"^\w+ should")  # pydantic's "Input should be …", "String should have …"
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # [0, 1)
 OpenFraction = Annotated[float, Field(gt=0, lt=1)]  # (0, 1)
-Positive = Annotated[float, Field(gt=0)]
-AtLeastOne = Annotated[int, Field(ge=1)]
+Pixels = Annotated[int, Field(ge=1, le=100_000)]  # an image side
 Text = Annotated[str, Field(min_length=1)]
 
 
@@ -52,7 +51,7 @@ class KaggleSettings(Section):
 
 
 class SyntheticSettings(Section):
-    n_images: AtLeastOne
+    n_images: Annotated[int, Field(ge=40, le=100_000)]  # the generator needs 10 of each class
 
 
 class DataSettings(Section):
@@ -61,7 +60,7 @@ class DataSettings(Section):
     task: Literal[tuple(TASKS)]
     label_map: dict[str, Literal[CLASSES] | None]
     csv: CsvOptions
-    image_size: Annotated[int, Field(ge=32)]
+    image_size: Annotated[int, Field(ge=32, le=1024)]
     local: LocalSettings
     kaggle: KaggleSettings
     synthetic: SyntheticSettings
@@ -78,11 +77,11 @@ class DataSettings(Section):
 
 class ValidateSettings(Section):
     max_reject_fraction: Fraction
-    min_side: AtLeastOne
-    max_side: AtLeastOne
-    max_aspect: Annotated[float, Field(ge=1)]
-    min_std: Annotated[float, Field(ge=0)]
-    near_duplicate_distance: Annotated[int, Field(ge=0)]
+    min_side: Pixels
+    max_side: Pixels
+    max_aspect: Annotated[float, Field(ge=1, le=100)]
+    min_std: Annotated[float, Field(ge=0, le=255)]
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=256)]  # of a 256-bit hash
 
     @model_validator(mode="after")
     def _sides_in_order(self) -> ValidateSettings:
@@ -107,7 +106,7 @@ class FocalSettings(Section):
     """Focal loss: ``gamma`` focuses on hard examples; ``alpha`` is 'balanced' (n / (k · count) per
     class, from the training split) or a weight per class name (checked against the task in ``Params``)."""
 
-    gamma: Annotated[float, Field(ge=0)]
+    gamma: Annotated[float, Field(ge=0, le=10)]
     alpha: Any
 
     @field_validator("alpha")
@@ -126,12 +125,12 @@ class FocalSettings(Section):
 class HeadSettings(Section):
     """Global average pooling → batch norm → dropout → [Dense + ReLU → dropout]… → softmax."""
 
-    dense: list[AtLeastOne]
+    dense: Annotated[list[Annotated[int, Field(ge=1, le=65_536)]], Field(max_length=10)]
     dropout: Fraction
 
 
 class AugmentSettings(Section):
-    rotation: Annotated[float, Field(ge=0)]
+    rotation: Annotated[float, Field(ge=0, le=1)]
     shift: Fraction
     shear: Fraction
     zoom: Fraction
@@ -140,16 +139,16 @@ class AugmentSettings(Section):
 
 
 class TrainSettings(Section):
-    epochs: AtLeastOne
-    fine_tune_epochs: Annotated[int, Field(ge=0)]
-    fine_tune_layers: Annotated[int, Field(ge=0)]
-    fine_tune_lr_factor: Positive
-    batch_size: AtLeastOne
+    epochs: Annotated[int, Field(ge=1, le=1000)]
+    fine_tune_epochs: Annotated[int, Field(ge=0, le=1000)]
+    fine_tune_layers: Annotated[int, Field(ge=0, le=10_000)]
+    fine_tune_lr_factor: Annotated[float, Field(gt=0, le=1)]  # phase 2 runs at a lower rate
+    batch_size: Annotated[int, Field(ge=1, le=4096)]
     weights: Literal["imagenet", "none"]
     imbalance: Literal["none", "class_weight", "oversample", "focal"]
     focal: FocalSettings
     monitor: Literal["val_loss", "val_accuracy"]
-    patience: AtLeastOne
+    patience: Annotated[int, Field(ge=1, le=1000)]
     ema_momentum: Fraction
     head: HeadSettings
     mixed_precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]  # Keras dtype policies
@@ -160,9 +159,9 @@ class TrainSettings(Section):
 
 class EvaluateSettings(Section):
     target_sensitivity: Annotated[float, Field(gt=0, le=1)]
-    bootstrap: Annotated[int, Field(ge=1000)]
-    calibration_bins: Annotated[int, Field(ge=2)]
-    gradcam_images: AtLeastOne
+    bootstrap: Annotated[int, Field(ge=1000, le=100_000)]
+    calibration_bins: Annotated[int, Field(ge=2, le=100)]
+    gradcam_images: Annotated[int, Field(ge=1, le=100)]
 
 
 class CompareSettings(Section):
@@ -174,7 +173,7 @@ class BackboneSettings(Section):
     """``backbones.<name>``: the learning rate, and any argument of the backbone's constructor."""
 
     model_config = ConfigDict(extra="allow")
-    learning_rate: Positive
+    learning_rate: Annotated[float, Field(gt=0, le=1)]
 
     @property
     def constructor_args(self) -> dict[str, Any]:
@@ -182,7 +181,7 @@ class BackboneSettings(Section):
 
 
 class Params(Section):
-    seed: Annotated[int, Field(ge=0)]
+    seed: Annotated[int, Field(ge=0, lt=2**32)]  # NumPy's and TensorFlow's seed range
     model: Text
     data: DataSettings
     validate_: ValidateSettings = Field(alias="validate")  # `validate` is a BaseModel method

@@ -4,6 +4,7 @@ dvc.yaml reads this file too (``vars:``), so a path is written once. DVC takes o
 strings from it: keep every entry a plain ``NAME = "path"`` line.
 """
 
+PARAMS_OK = "data/params.ok"  # written by the check stage once params.yaml passed; every stage depends on it
 RAW_DIR = "data/raw"  # the dataset as its source ships it
 DOWNLOADS_DIR = "data/downloads"  # Kaggle archives while they download (kept if cut, to resume)
 MANIFEST_CSV = "data/interim/manifest.csv"  # the clean images, one row each, with what one decode measured

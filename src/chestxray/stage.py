@@ -1,22 +1,55 @@
-"""The edge every stage script runs through: logging, params, and one-line errors."""
+"""The edge every stage script runs through: logging, params, signals, and one-line errors."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from chestxray.config import Params, load_params
 from chestxray.errors import UserError
 
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
 
 def run_stage(name: str, step: Callable[[Params], Any]) -> None:
-    """Load params.yaml and run ``step``; a UserError ends the stage with one line and exit 1."""
+    """Load params.yaml and run ``step``. A UserError, a full disk or a path that cannot be written
+    end the stage with one line and exit 1; SIGTERM, like Ctrl-C, raises KeyboardInterrupt (so open
+    MLflow runs end KILLED) and ends it with one line and exit 128 + the signal's number."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)
+    log = logging.getLogger(name)
     try:
         step(load_params())
     except UserError as exc:
-        logging.getLogger(name).error("%s", exc)
+        log.error("%s", exc)
         sys.exit(1)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL | NOT_WRITABLE:
+            raise
+        log.error("%s", describe_os_error(exc))
+        sys.exit(1)
+    except KeyboardInterrupt as exc:
+        signum = signal.Signals[str(exc)] if str(exc) in signal.Signals.__members__ else signal.SIGINT
+        log.error("stopped by %s; run it again to finish (dvc repro)", signum.name)
+        sys.exit(128 + signum)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A full disk or an unwritable path as one line: the path, what happened, what to do."""
+    path = exc.filename or f"a file under {Path.cwd()}"
+    if exc.errno in DISK_FULL:
+        return f"{path}: {exc.strerror}; free space on its disk and run again"
+    return f"{path}: {exc.strerror}; make it writable (or work in a copy you own) and run again"
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM → KeyboardInterrupt naming the signal, as Ctrl-C does for SIGINT."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)

@@ -1,19 +1,23 @@
 """params.yaml checks: every bad key or value fails in one line naming the key and what it takes;
-names kept by a registry fail where the registry is used, with the same kind of line."""
+names kept by a registry fail where the registry is used, with the same kind of line, and in the
+check stage that runs before any other."""
 
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
 
+from chestxray import paths
 from chestxray.config import flatten, load_params, parse_params
 from chestxray.data import layouts
 from chestxray.errors import UserError
 from chestxray.judge import metrics
 from chestxray.learn import backbones
 from chestxray.learn.backbones import BACKBONES
+from chestxray.preflight import check_params
 from conftest import REPO, make_params
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -84,6 +88,33 @@ def test_repository_params_are_valid(params):
         ("evaluate.bootstrap", 10, "evaluate.bootstrap must be greater than or equal to 1000, got 10"),
         ("evaluate.target_sensitivity", 1.5, "evaluate.target_sensitivity must be less than or equal to 1, got 1.5"),
         ("backbones.cnn.learning_rate", 0, "backbones.cnn.learning_rate must be greater than 0, got 0"),
+        # upper bounds: each of these was accepted once and failed deep inside a stage
+        ("seed", 2**32, "seed must be less than 4294967296, got 4294967296"),
+        ("data.image_size", 100_000, "data.image_size must be less than or equal to 1024, got 100000"),
+        (
+            "data.synthetic.n_images",
+            10**9,
+            "data.synthetic.n_images must be less than or equal to 100000, got 1000000000",
+        ),
+        ("data.synthetic.n_images", 39, "data.synthetic.n_images must be greater than or equal to 40, got 39"),
+        ("train.batch_size", 10**9, "train.batch_size must be less than or equal to 4096, got 1000000000"),
+        ("train.epochs", 10**9, "train.epochs must be less than or equal to 1000, got 1000000000"),
+        ("train.fine_tune_epochs", 1001, "train.fine_tune_epochs must be less than or equal to 1000, got 1001"),
+        ("train.fine_tune_lr_factor", 10, "train.fine_tune_lr_factor must be less than or equal to 1, got 10"),
+        ("train.patience", 5000, "train.patience must be less than or equal to 1000, got 5000"),
+        ("train.head.dense", [10**6], "train.head.dense[0] must be less than or equal to 65536, got 1000000"),
+        ("train.augment.rotation", 2.0, "train.augment.rotation must be less than or equal to 1, got 2.0"),
+        ("evaluate.bootstrap", 10**12, "evaluate.bootstrap must be less than or equal to 100000, got 1000000000000"),
+        ("evaluate.calibration_bins", 1000, "evaluate.calibration_bins must be less than or equal to 100, got 1000"),
+        ("evaluate.gradcam_images", 500, "evaluate.gradcam_images must be less than or equal to 100, got 500"),
+        ("validate.max_side", 10**6, "validate.max_side must be less than or equal to 100000, got 1000000"),
+        ("validate.min_std", 300, "validate.min_std must be less than or equal to 255, got 300"),
+        (
+            "validate.near_duplicate_distance",
+            257,
+            "validate.near_duplicate_distance must be less than or equal to 256, got 257",
+        ),
+        ("backbones.vgg19.learning_rate", 5, "backbones.vgg19.learning_rate must be less than or equal to 1, got 5"),
     ],
 )
 def test_bad_values_name_key_and_what_it_takes(key, value, message):
@@ -144,13 +175,42 @@ def test_a_backbone_takes_its_constructor_arguments_as_they_are():
         ),
     ],
 )
-def test_registry_names_fail_where_the_registry_is_used(check, key, value, message):
+def test_registry_names_fail_where_the_registry_is_used(tmp_path, check, key, value, message):
     """config.py does not import the registries (every stage imports config.py, so adding a
     backbone, layout or metric would re-run every stage); each registry checks its own name."""
     params = make_params(**{key: value})
     with pytest.raises(UserError) as err:
         check(params)
     assert str(err.value) == f"params.yaml: {message}"
+    with pytest.raises(UserError) as err:  # and the check stage asks the same registry, first
+        check_params(params, tmp_path)
+    assert str(err.value) == f"params.yaml: {message}" and not (tmp_path / paths.PARAMS_OK).exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "data.kaggle.dataset",
+            "covid19-radiography-database",
+            "data.kaggle.dataset: 'covid19-radiography-database' is not 'owner/slug' or 'owner/slug/<version>'",
+        ),
+        ("data.local.path", "/nowhere/dataset.zip", "data.local.path: /nowhere/dataset.zip does not exist"),
+    ],
+)
+def test_the_check_stage_refuses_a_source_that_cannot_work(tmp_path, key, value, message):
+    source = "kaggle" if key.startswith("data.kaggle") else "local"
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_params(make_params(**{"data.source": source, key: value}), tmp_path)
+    assert not (tmp_path / paths.PARAMS_OK).exists()
+
+
+def test_the_check_stage_writes_the_same_mark_for_any_valid_params(tmp_path):
+    """Its output's hash never changes, so passing the check re-runs no other stage."""
+    check_params(make_params(), tmp_path)
+    mark = (tmp_path / paths.PARAMS_OK).read_bytes()
+    check_params(make_params(**{"model": "vgg19", "train.epochs": 3}), tmp_path)
+    assert (tmp_path / paths.PARAMS_OK).read_bytes() == mark == (REPO / paths.PARAMS_OK).read_bytes()
 
 
 def test_local_source_needs_a_path():

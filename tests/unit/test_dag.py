@@ -88,8 +88,8 @@ def test_a_planted_import_without_its_dep_fails(tmp_path):
     sources = tmp_path / "src/chestxray/data/sources.py"
     sources.write_text(sources.read_text() + "\n\ndef _late():\n    from chestxray.judge import leaderboard  # noqa\n")
     problems = mismatches(tmp_path)
-    assert problems and all(p.startswith("download: runs ") for p in problems)
-    assert "src/chestxray/judge/leaderboard.py" in problems[0] and "src/chestxray/judge/metrics.py" in problems[0]
+    assert [p.split(":")[0] for p in problems] == ["check", "download"]  # check imports sources too
+    assert "src/chestxray/judge/leaderboard.py" in problems[1] and "src/chestxray/judge/metrics.py" in problems[1]
 
 
 def test_a_dep_on_code_the_stage_never_runs_fails(tmp_path):
@@ -107,3 +107,13 @@ def test_package_markers_hold_no_code_unless_listed():
     markers = (REPO / "src" / PACKAGE).rglob("__init__.py")
     with_code = sorted(f.relative_to(REPO).as_posix() for f in markers if has_code(f))
     assert with_code == ["src/chestxray/data/layouts/__init__.py"]
+
+
+def test_params_are_checked_before_any_stage_runs():
+    """The check stage tracks the whole of params.yaml and every other stage depends on its mark, so
+    DVC runs it (and stops on a bad value) before it deletes any other stage's outputs."""
+    dag = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    stages = dag["stages"]
+    assert stages["check"]["params"] == [{"params.yaml": None}]
+    assert stages["check"]["outs"] == [{"${PARAMS_OK}": {"cache": False, "persist": True}}]
+    assert [name for name, stage in stages.items() if "${PARAMS_OK}" not in stage.get("deps", [])] == ["check"]

@@ -10,6 +10,7 @@ import pytest
 from sklearn import metrics as skm
 
 from chestxray.errors import UserError
+from chestxray.judge import metrics as metrics_module
 from chestxray.judge.evaluation import pr_curves, roc_curves
 from chestxray.judge.metrics import (
     METRICS,
@@ -242,6 +243,14 @@ def test_each_ci_contains_its_point_estimate_and_is_seeded() -> None:
         assert ci[name]["high"] - ci[name]["low"] < 0.2, name  # 300 images: a few points either side
     assert bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=42) == ci
     assert bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=43) != ci
+
+
+def test_bootstrap_in_chunks_gives_the_same_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays bounded at any resample count, and the intervals do not depend on the chunking."""
+    y_true, y_pred = random_predictions(301, seed=7)
+    whole = bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=42)
+    monkeypatch.setattr(metrics_module, "BOOTSTRAP_CHUNK", 301 * 7)  # 7 resamples per chunk, the last one short
+    assert bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=42) == whole
 
 
 def test_ci_of_perfect_predictions_is_a_point() -> None:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from chestxray.data.images import load_gray
 from chestxray.data.split_table import SPLITS, data_version
 from chestxray.io import atomic_path, read_json, write_json
+from chestxray.resources import require_free_space
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ def prepare_cache(
     table = pd.read_csv(split_csv, keep_default_na=False)
     classes = sorted(table["label"].unique())
     index = {c: i for i, c in enumerate(classes)}
+    needed = len(table) * (image_size * image_size + 8)  # pixels and label; the old cache stays until the end
+    require_free_space(cache_dir, needed, f"the cache at data.image_size={image_size}", "lower it or free space")
     with atomic_path(cache_dir, is_dir=True) as tmp:
         for split in SPLITS:
             rows = table[table["split"] == split].reset_index(drop=True)

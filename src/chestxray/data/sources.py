@@ -20,6 +20,7 @@ from chestxray.config import DataSettings
 from chestxray.data import synthetic
 from chestxray.errors import UserError
 from chestxray.io import atomic_path, write_json
+from chestxray.resources import require_free_space
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def fetch_dataset(data: DataSettings, seed: int, root: Path = Path(".")) -> dict
 
     Kaggle downloads record ``slug``, ``version``, and the archive's ``size`` and ``sha256``; a
     local archive records its ``size`` and ``sha256``."""
+    check_source(data)
     raw_dir = root / paths.RAW_DIR
     origin: dict[str, Any] = {}
     with atomic_path(raw_dir, is_dir=True) as tmp:
@@ -54,16 +56,34 @@ def fetch_dataset(data: DataSettings, seed: int, root: Path = Path(".")) -> dict
     return metrics
 
 
-def ingest_local(source: Path, dest: Path) -> dict[str, Any]:
-    """Copy a dataset folder, or safely extract a .zip archive, into ``dest``; an archive's
-    size and sha256 are returned."""
+def check_source(data: DataSettings) -> None:
+    """Fail in one line if ``data.source`` cannot work as set: a Kaggle name that is not ``owner/slug``,
+    a local path that is neither a folder nor a .zip archive (checked before anything is written)."""
+    if data.source == "kaggle":
+        _dataset_parts(data.kaggle.dataset)
+    elif data.source == "local":
+        _local_kind(Path(data.local.path).expanduser())
+
+
+def _local_kind(source: Path) -> str:
+    """``'folder'`` or ``'zip'``; UserError naming ``data.local.path`` otherwise."""
     if not source.exists():
         raise UserError(f"data.local.path: {source} does not exist; point it to a dataset folder or .zip archive")
     if source.is_dir():
-        shutil.copytree(source, dest, dirs_exist_ok=True)
-        return {}
+        return "folder"
     if not zipfile.is_zipfile(source):
         raise UserError(f"data.local.path: {source} is neither a folder nor a .zip archive")
+    return "zip"
+
+
+def ingest_local(source: Path, dest: Path) -> dict[str, Any]:
+    """Copy a dataset folder, or safely extract a .zip archive, into ``dest``; an archive's
+    size and sha256 are returned."""
+    if _local_kind(source) == "folder":
+        size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+        require_free_space(dest, size, f"a copy of {source}", "free space, or point data.local.path elsewhere")
+        shutil.copytree(source, dest, dirs_exist_ok=True)
+        return {}
     extract_zip(source, dest)
     return {"size": source.stat().st_size, "sha256": sha256(source)}
 
@@ -80,6 +100,8 @@ def extract_zip(archive: Path, dest: Path, fix: str = "download it again") -> No
                     raise UserError(
                         f"{archive}: unsafe member '{info.filename}' (absolute path, '..' or link); refusing to extract"
                     )
+            size = sum(info.file_size for info in zf.infolist())
+            require_free_space(dest, size, f"extracting {archive}", "free space and run again")
             bad = zf.testzip()
             if bad is not None:
                 raise UserError(f"{archive}: member '{bad}' is corrupt; {fix}")

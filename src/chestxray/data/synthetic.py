@@ -20,12 +20,14 @@ from tqdm import tqdm
 
 from chestxray.data.radiography import CLASSES, DIR, IMAGES, MASKS, REAL_COUNTS, metadata_file
 from chestxray.errors import UserError
+from chestxray.resources import require_free_space
 
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 299
 MASK_SIZE = 256
 MIN_IMAGES = 40
+BYTES_PER_IMAGE = 64_000  # an upper bound: image and mask took 54 KB per image at n_images=1000
 
 _SHEET_PREFIX = {"Normal": "NORMAL"}  # real quirk: the Normal sheet names files NORMAL-<n>
 _URLS = {
@@ -205,6 +207,9 @@ def generate(root: Path, n_images: int, seed: int) -> dict[str, int]:
     """Write the synthetic dataset under root/COVID-19_Radiography_Dataset; return images per class."""
     if n_images < MIN_IMAGES:
         raise UserError(f"params.yaml: data.synthetic.n_images must be at least {MIN_IMAGES}, got {n_images}")
+    require_free_space(
+        root, n_images * BYTES_PER_IMAGE, f"{n_images} synthetic images", "lower data.synthetic.n_images or free space"
+    )
     counts = _class_counts(n_images)
     base = Path(root) / DIR
     for cls in CLASSES:

@@ -235,16 +235,24 @@ def classification_metrics(
     return {**values, "n": len(y_true), "per_class": per_class}
 
 
+BOOTSTRAP_CHUNK = 1 << 22  # indices drawn at once: two int64 arrays of this size, 64 MB
+
+
 def bootstrap_ci(
     y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], resamples: int, seed: int, level: float = 0.95
 ) -> dict[str, dict[str, float | None]]:
     """Percentile bootstrap intervals of the metrics with ``ci``: the images resampled with
-    replacement ``resamples`` times (seeded), one confusion matrix per resample."""
+    replacement ``resamples`` times (seeded), one confusion matrix per resample. The resamples are
+    drawn in chunks of about ``BOOTSTRAP_CHUNK`` indices, so memory stays bounded at any count."""
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     k, n = len(classes), len(y_true)
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    codes = (y_true[idx] * k + y_pred[idx]) + (np.arange(resamples) * k * k)[:, None]
-    cm = np.bincount(codes.ravel(), minlength=resamples * k * k).reshape(resamples, k, k).astype(float)
+    rng, rows = np.random.default_rng(seed), max(1, BOOTSTRAP_CHUNK // max(n, 1))
+    cm = np.empty((resamples, k, k))
+    for start in range(0, resamples, rows):
+        count = min(rows, resamples - start)
+        idx = rng.integers(0, n, size=(count, n))
+        codes = (y_true[idx] * k + y_pred[idx]) + (np.arange(count) * k * k)[:, None]
+        cm[start : start + count] = np.bincount(codes.ravel(), minlength=count * k * k).reshape(count, k, k)
     positive, tail = list(classes).index(COVID), (1 - level) / 2 * 100
     out = {}
     for metric in (m for m in METRICS if m.ci):
