@@ -5,14 +5,23 @@ The store is ``MLFLOW_TRACKING_URI`` when set (e.g. a tracking server), else
 ``sqlite:///<repo root>/mlflow.db``; a SQLite store keeps artifacts in ``mlartifacts/`` beside it. The repo root is
 ``DVC_ROOT`` (set by DVC for every stage, also in queued experiments that run in a temp copy),
 else the working directory.
+
+A run ends with the truth: a new run FINISHED, KILLED (interrupted) or FAILED; a resumed run (e.g.
+evaluate adding to the training run) as it was before it was resumed, whatever happened. Every run
+names the process that holds it (``owner.*`` tags; while resumed, the ``resumed`` tag), so a run
+left RUNNING by a process that died (kill -9) is ended by the next stage on the same host.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import logging
 import math
 import os
+import secrets
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,6 +29,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelStatus, RunInfo, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
     INVALID_PARAMETER_VALUE,
@@ -33,6 +43,8 @@ from chestxray.config import flatten
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "chestxray"
+OWNER = "owner."  # tags owner.host, owner.pid, owner.pid_start: the process that started the run
+RESUMED = "resumed"  # while a run is resumed: JSON of the resuming process and the run's status and end time before
 
 
 def repo_root() -> Path:
@@ -86,18 +98,128 @@ def run_tags(model: str, data_version: str, image_size: int) -> dict[str, str]:
 
 @contextlib.contextmanager
 def run(tags: Mapping[str, str] | None = None, run_id: str | None = None, name: str | None = None) -> Iterator[str]:
-    """Start a run (named ``name``, else after ``DVC_EXP_NAME`` when DVC sets it), or resume ``run_id``."""
+    """Start a run (named ``name``, else after ``DVC_EXP_NAME`` when DVC sets it, else uniquely), or
+    resume ``run_id``. A new run ends FINISHED, KILLED on KeyboardInterrupt, FAILED on any other
+    exception; a resumed run ends with the status and end time it had before. First ends the runs
+    that dead processes of this host left RUNNING (``_reap_orphans``)."""
     exp = experiment_id()
-    if run_id is not None:
-        try:
-            mlflow.get_run(run_id)
-        except MlflowException:
-            log.warning("run %s is not in %s; starting a new run", run_id, tracking_uri())
-            run_id = None
-    name = (name or os.environ.get("DVC_EXP_NAME")) if run_id is None else None
-    with mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=name, tags=dict(tags or {})) as active:
-        log.info("MLflow run %s in %s", active.info.run_id, tracking_uri())
-        yield active.info.run_id
+    client = _client()
+    _reap_orphans(client, exp)
+    before = _resumable(client, run_id)
+    run_id = _start(client, exp, before, dict(tags or {}), name)
+    try:
+        log.info("MLflow run %s in %s", run_id, tracking_uri())
+        yield run_id
+    except KeyboardInterrupt:
+        _end(client, before, RunStatus.KILLED)
+        raise
+    except BaseException:
+        _end(client, before, RunStatus.FAILED)
+        raise
+    _end(client, before, RunStatus.FINISHED)
+
+
+def _unique_name(tags: Mapping[str, str]) -> str:
+    """``<model or stage>-<UTC yyyymmdd-HHMMSS>-<4 hex>``, drawn from ``secrets``: MLflow's own
+    names come from the ``random`` module, which the global seed makes repeat."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{tags.get('model') or tags.get('stage') or 'run'}-{stamp}-{secrets.token_hex(2)}"
+
+
+def _resumable(client: MlflowClient, run_id: str | None) -> RunInfo | None:
+    """The stored state of the run to resume; None (start a new run) if there is none."""
+    if run_id is None:
+        return None
+    try:
+        return client.get_run(run_id).info
+    except MlflowException:
+        log.warning("run %s is not in %s; starting a new run", run_id, tracking_uri())
+        return None
+
+
+def _start(client: MlflowClient, exp: str, before: RunInfo | None, tags: dict[str, str], name: str | None) -> str:
+    """Start a new run tagged with this process as its owner, or resume ``before`` with the
+    ``resumed`` tag (set first, so a run RUNNING for this process always says what to restore)."""
+    if before is None:
+        tags |= {OWNER + k: v for k, v in _owner().items()}
+        name = name or os.environ.get("DVC_EXP_NAME") or _unique_name(tags)
+        return mlflow.start_run(experiment_id=exp, run_name=name, tags=tags).info.run_id
+    resumed = {**_owner(), "status": before.status, "end_time": before.end_time}
+    client.set_tag(before.run_id, RESUMED, json.dumps(resumed))
+    return mlflow.start_run(run_id=before.run_id, experiment_id=exp, tags=tags).info.run_id
+
+
+def _end(client: MlflowClient, before: RunInfo | None, status: int) -> None:
+    """End the active run with ``status``; a resumed run then gets its status and end time back."""
+    try:
+        mlflow.end_run(RunStatus.to_string(status))
+    finally:
+        if before is not None:
+            _restore(client, before.run_id, before.status, before.end_time)
+
+
+def _restore(client: MlflowClient, run_id: str, status: str, end_time: int | None) -> None:
+    """Put a resumed run back as it was and drop its ``resumed`` tag (already gone: another stage
+    restored it meanwhile). A run resumed while RUNNING has no end time to give back: it gets now."""
+    client.set_terminated(run_id, status, end_time=end_time)
+    try:
+        client.delete_tag(run_id, RESUMED)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+
+
+def _reap_orphans(client: MlflowClient, exp: str) -> None:
+    """End the runs of ``exp`` that a process of this host left RUNNING and that no longer
+    exists: KILLED if it started the run, as before if it had resumed it. Runs of other hosts,
+    of live processes and without owner tags are left alone."""
+    running = mlflow.search_runs(
+        experiment_ids=[exp], filter_string="attributes.status = 'RUNNING'", output_format="list"
+    )
+    for found in running:
+        tags = found.data.tags
+        resumed = json.loads(tags[RESUMED]) if RESUMED in tags else None
+        owner = resumed or {k.removeprefix(OWNER): v for k, v in tags.items() if k.startswith(OWNER)}
+        if not _is_dead(owner):
+            continue
+        if resumed is None:
+            client.set_terminated(found.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            ended = "KILLED"
+        else:
+            _restore(client, found.info.run_id, resumed["status"], resumed["end_time"])
+            ended = f"back to {resumed['status']} (it had been resumed)"
+        log.info(
+            "run %s (%s) was left RUNNING by process %s, which is gone: %s",
+            found.info.run_id,
+            found.info.run_name,
+            owner["pid"],
+            ended,
+        )
+
+
+def _owner() -> dict[str, str]:
+    """This process: host name, pid and start time (empty where /proc cannot tell it)."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_start": _process_start(os.getpid()) or ""}
+
+
+def _is_dead(owner: Mapping[str, Any]) -> bool:
+    """Whether ``owner`` was a process of this host that is gone (or whose pid now belongs to a
+    later process). False when it cannot be told: another host, or no start time recorded."""
+    pid = str(owner.get("pid", ""))
+    if owner.get("host") != socket.gethostname() or not owner.get("pid_start") or not pid.isdigit():
+        return False
+    return _process_start(int(pid)) != owner["pid_start"]
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of process ``pid`` (clock ticks after boot, /proc/<pid>/stat field 22); None if
+    there is no such process, it has exited (a zombie), or there is no /proc (not Linux)."""
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name before it may hold spaces and ')'
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -185,17 +307,28 @@ def download_artifact(run_id: str, path: str, dst: Path) -> Path | None:
         raise
 
 
-def logged_model_id(run_id: str, name: str = "model") -> str | None:
-    """Id of the newest model the run logged as ``name`` (MLflow 3 keeps logged models apart
-    from the run's artifacts), or None if it logged none."""
+def logged_model_ids(run_id: str, name: str = "model") -> list[tuple[str, str]]:
+    """(id, status) of the models the run logged as ``name`` (MLflow 3 keeps logged models apart
+    from the run's artifacts), newest first; deleted ones are not listed."""
     client = _client()
     found = client.search_logged_models(
         experiment_ids=[client.get_run(run_id).info.experiment_id],
         filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
         order_by=[{"field_name": "creation_timestamp", "ascending": False}],
-        max_results=1,
     )
-    return found[0].model_id if found else None
+    return [(m.model_id, str(m.status)) for m in found]
+
+
+def logged_model_id(run_id: str, name: str = "model") -> str | None:
+    """Id of the newest READY model the run logged as ``name``, or None. (A PENDING or FAILED one
+    is half-logged. Filtered here: MLflow 3.17's SQL store compares ``status = 'READY'`` with the
+    number it stores, so that filter matches nothing.)"""
+    return next((i for i, status in logged_model_ids(run_id, name) if status == LoggedModelStatus.READY), None)
+
+
+def delete_logged_model(model_id: str) -> None:
+    """Delete a logged model (its files go with ``mlflow gc``)."""
+    _client().delete_logged_model(model_id)
 
 
 def register_model(name: str, run_id: str, tags: Mapping[str, str]) -> tuple[int, bool] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -26,8 +28,9 @@ CFG = EvaluateSettings(target_sensitivity=0.95, bootstrap=1000, calibration_bins
 
 
 @pytest.fixture
-def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store: str) -> dict:
-    """evaluate_model run on the session's trained model, with the records the stage reads."""
+def prepared(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store: str) -> dict:
+    """A project ready for evaluate_model: the session's trained model, its FINISHED training run
+    and the records the stage reads."""
     meta = cache_meta(cache_dir)
     root = project(tmp_path, cache=cache_dir)
     models = root / paths.MODEL_DIR
@@ -68,14 +71,13 @@ def evaluated(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store
         },
     )
     write_json(root / paths.DOWNLOAD_JSON, {"source": "synthetic", "files": 320, "bytes": 1})
-    metrics = evaluate_model(CFG, 42, root)
-    return {
-        "metrics": metrics,
-        "root": tmp_path,
-        "run_id": run_id,
-        "classes": meta["classes"],
-        "model": models / "model.keras",
-    }
+    return {"root": tmp_path, "run_id": run_id, "classes": meta["classes"], "model": models / "model.keras"}
+
+
+@pytest.fixture
+def evaluated(prepared: dict) -> dict:
+    """evaluate_model run on the prepared project."""
+    return {**prepared, "metrics": evaluate_model(CFG, 42, prepared["root"])}
 
 
 def test_evaluate_writes_every_metric_with_cis_and_the_operating_point(evaluated, cache_dir):
@@ -166,3 +168,54 @@ def test_evaluate_logs_everything_and_the_servable_model_to_the_run(evaluated, m
     } <= files
     model = serving.load(f"runs:/{run_id}/model")
     assert model.threshold == pytest.approx(m["operating_point"]["threshold"]) and model.classes == evaluated["classes"]
+
+
+def fill_the_disk_when_the_model_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's copy of the model's files into the store fails as on a full disk. (A real full disk
+    cannot be made here: it needs root, for a small tmpfs or loop mount.) The logged model exists by
+    then, so MLflow marks it FAILED, as it did when the disk filled up."""
+
+    def disk_full(self, model_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), local_dir)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_model_artifacts", disk_full)
+
+
+def models_of(run_id: str) -> list[tuple[str, str]]:
+    """(id, status) of every logged model of the run that is not deleted, newest first."""
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    experiment = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
+    return [(m.model_id, str(m.status)) for m in found]
+
+
+def test_a_first_evaluation_that_fails_leaves_no_trace_dvc_or_compare_would_trust(prepared, monkeypatch):
+    run_id, root = prepared["run_id"], prepared["root"]
+    before = mlflow.get_run(run_id).info
+    fill_the_disk_when_the_model_is_logged(monkeypatch)
+    with pytest.raises(OSError, match="No space left on device") as failure:
+        evaluate_model(CFG, 42, root)
+    assert failure.value.errno == errno.ENOSPC
+    after = mlflow.get_run(run_id)
+    assert (after.info.status, after.info.end_time) == ("FINISHED", before.end_time)
+    assert "test.macro_f1" in after.data.metrics  # it did get as far as the model
+    assert models_of(run_id) == [] and tracking.logged_model_id(run_id) is None
+    assert not (root / paths.EVALUATE_JSON).exists()  # so DVC does not take the stage as done
+    assert not list((root / "metrics").glob(".evaluate.json.tmp-*"))
+
+
+def test_a_failed_re_evaluation_keeps_the_earlier_model_and_evaluate_json(evaluated, monkeypatch):
+    run_id, root = evaluated["run_id"], evaluated["root"]
+    before = mlflow.get_run(run_id).info
+    earlier = tracking.logged_model_id(run_id)
+    assert models_of(run_id) == [(earlier, "READY")]
+    evaluate_json = (root / paths.EVALUATE_JSON).read_bytes()
+    fill_the_disk_when_the_model_is_logged(monkeypatch)
+    # at another operating point, so evaluate.json would change
+    with pytest.raises(OSError, match="No space left on device") as failure:
+        evaluate_model(CFG.model_copy(update={"target_sensitivity": 0.5}), 42, root)
+    assert failure.value.errno == errno.ENOSPC
+    after = mlflow.get_run(run_id).info
+    assert (after.status, after.end_time) == ("FINISHED", before.end_time)
+    assert models_of(run_id) == [(earlier, "READY")] and tracking.logged_model_id(run_id) == earlier
+    assert (root / paths.EVALUATE_JSON).read_bytes() == evaluate_json

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
 import mlflow
+import pytest
 
 from chestxray import tracking
 
@@ -36,3 +49,132 @@ def test_resuming_an_unknown_run_starts_a_new_one(mlflow_store):
     with tracking.run(run_id="0" * 32) as run_id:
         pass
     assert run_id != "0" * 32 and mlflow.get_run(run_id).info.status == "FINISHED"
+
+
+def raise_in_run(error: type[BaseException], started: list[str]) -> None:
+    """Open a new run, note its id in ``started``, and raise ``error`` in it."""
+    with tracking.run({"stage": "test"}) as run_id:
+        started.append(run_id)
+        raise error
+
+
+@pytest.mark.parametrize(("error", "status"), [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
+def test_a_new_run_ends_killed_when_interrupted_and_failed_on_an_error(mlflow_store, error, status):
+    started: list[str] = []
+    with pytest.raises(error):
+        raise_in_run(error, started)
+    info = mlflow.get_run(started[0]).info
+    assert info.status == status
+    assert info.end_time is not None and info.end_time >= info.start_time
+
+
+@pytest.mark.parametrize("error", [None, RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("status", ["FINISHED", "KILLED"])
+def test_a_resumed_run_ends_as_it_was_whatever_happens(mlflow_store, status, error):
+    with contextlib.suppress(KeyboardInterrupt), tracking.run({"stage": "train"}) as run_id:
+        if status == "KILLED":
+            raise KeyboardInterrupt
+    before = mlflow.get_run(run_id).info
+    time.sleep(0.01)  # so a new end time could not equal the old one
+    with contextlib.suppress(RuntimeError, KeyboardInterrupt), tracking.run(run_id=run_id):
+        tracking.log_metrics({"accuracy": 0.5}, prefix="test.")
+        assert mlflow.get_run(run_id).info.status == "RUNNING"
+        if error is not None:
+            raise error
+    after = mlflow.get_run(run_id)
+    assert (after.info.status, after.info.end_time) == (before.status, before.end_time)
+    assert after.data.metrics == {"test.accuracy": 0.5} and tracking.RESUMED not in after.data.tags
+
+
+# Opens a run (a new one, or resumes argv[1]), says its id, and waits to be killed.
+HOLDER = """
+import sys, time
+from chestxray import tracking
+with tracking.run({"stage": "holder"}, run_id=sys.argv[1] or None) as run_id:
+    print(run_id, flush=True)
+    time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def holder(run_id: str = "") -> Iterator[tuple[subprocess.Popen, str]]:
+    """A real process holding a RUNNING run (it inherits the test's MLFLOW_TRACKING_URI): the
+    process and the run id; killed at the end if still alive."""
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, run_id], stdout=subprocess.PIPE, text=True)
+    try:
+        yield process, process.stdout.readline().strip()
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+
+
+def kill(process: subprocess.Popen) -> None:
+    """kill -9, as a user killing `dvc repro` would; then reap it (a zombie would be gone too)."""
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_runs_of_dead_processes_of_this_host_are_reaped_and_no_others(mlflow_store, caplog):
+    with holder() as (dead, orphan), holder() as (_, live):
+        kill(dead)
+        client = mlflow.MlflowClient(mlflow_store)
+        tags = client.get_run(orphan).data.tags
+        assert (tags["owner.host"], tags["owner.pid"]) == (socket.gethostname(), str(dead.pid))
+        exp = client.get_run(orphan).info.experiment_id
+        elsewhere = client.create_run(exp, tags={**tags, "owner.host": "another-host"}).info.run_id
+        # this pid, alive, but started at another time: a pid the system reused
+        reused = client.create_run(exp, tags={**tags, "owner.pid": str(os.getpid()), "owner.pid_start": "1"})
+        untagged = client.create_run(exp).info.run_id  # not started by this project: not ours to judge
+        with caplog.at_level(logging.INFO, logger="chestxray.tracking"), tracking.run({"stage": "next"}):
+            pass
+        status = {run_id: client.get_run(run_id).info.status for run_id in (orphan, reused.info.run_id)}
+        assert status == {orphan: "KILLED", reused.info.run_id: "KILLED"}
+        assert client.get_run(orphan).info.end_time is not None
+        for run_id in (live, elsewhere, untagged):
+            assert client.get_run(run_id).info.status == "RUNNING"
+        reaped = [r.getMessage() for r in caplog.records if "which is gone" in r.getMessage()]
+        assert len(reaped) == 2 and any(orphan in line and str(dead.pid) in line for line in reaped)
+
+
+def test_a_resumed_run_whose_process_died_is_put_back_as_it_was(mlflow_store):
+    with tracking.run({"stage": "train"}) as run_id:
+        pass
+    before = mlflow.get_run(run_id).info
+    with holder(run_id) as (dead, resumed):
+        assert resumed == run_id and mlflow.get_run(run_id).info.status == "RUNNING"
+        kill(dead)
+        with tracking.run({"stage": "next"}):
+            pass
+    after = mlflow.get_run(run_id)
+    assert (after.info.status, after.info.end_time) == ("FINISHED", before.end_time)
+    assert tracking.RESUMED not in after.data.tags
+
+
+def test_runs_get_different_names_under_the_same_global_seed(mlflow_store, monkeypatch):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    names = []
+    for _ in range(2):
+        random.seed(42)  # what keras.utils.set_random_seed does to the `random` module
+        with tracking.run(tracking.run_tags("cnn", "abc", image_size=64)) as run_id:
+            names.append(mlflow.get_run(run_id).info.run_name)
+    assert names[0] != names[1]
+    assert all(re.fullmatch(r"cnn-\d{8}-\d{6}-[0-9a-f]{4}", name) for name in names), names
+
+
+def test_only_a_ready_logged_model_counts(mlflow_store):
+    client = mlflow.MlflowClient(mlflow_store)
+    with tracking.run({"stage": "train"}) as run_id:
+        exp = mlflow.get_run(run_id).info.experiment_id
+        assert tracking.logged_model_id(run_id) is None
+        ready = mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=exp).model_id
+        client.finalize_logged_model(ready, "READY")
+        time.sleep(0.01)  # the half-logged ones are newer
+        failed = mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=exp).model_id
+        client.finalize_logged_model(failed, "FAILED")
+        # PENDING, as a process killed while logging leaves it
+        mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=exp)
+    assert len(tracking.logged_model_ids(run_id)) == 3
+    assert tracking.logged_model_id(run_id) == ready
+    tracking.delete_logged_model(ready)
+    assert tracking.logged_model_id(run_id) is None

@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 from chestxray import paths, tracking
 from chestxray.config import EvaluateSettings, flatten
 from chestxray.data.cache import cache_meta, load_split
-from chestxray.io import read_json, write_csv, write_json, write_text
+from chestxray.io import atomic_path, read_json, write_csv, write_json, write_text
 from chestxray.judge import model_card, plots
 from chestxray.judge.metrics import bootstrap_ci, both_present, classification_metrics, confusion, reliability
 from chestxray.judge.operating_point import operating_point
@@ -55,20 +55,23 @@ def evaluate_model(cfg: EvaluateSettings, seed: int, root: Path = Path(".")) -> 
     images = pd.read_csv(cache_dir / "test.csv", keep_default_na=False)["path"]
     write_plots(y, prob, classes, images, metrics, cfg.calibration_bins, root)
     gallery(model, x, y, prob, classes, images, root / paths.GRADCAM_DIR, cfg.gradcam_images)
-    write_json(root / paths.EVALUATE_JSON, metrics)
     records = (read_json(root / path) for path in (paths.TRAIN_JSON, paths.SPLIT_JSON, paths.DOWNLOAD_JSON))
     write_text(root / paths.MODEL_CARD_MD, model_card.render(run, metrics, *records, cfg.bootstrap))
-    with tracking.run(run_id=run["run_id"]):
-        tracking.set_tags(flatten({"evaluate": cfg.model_dump()}))
-        tracking.log_metrics(metrics, prefix="test.")
-        for path, artifact_path in (
-            (paths.EVALUATE_DIR, "evaluate"),
-            (paths.GRADCAM_DIR, "gradcam"),
-            (paths.MODEL_CARD_MD, None),
-        ):
-            tracking.log_artifacts(root / path, artifact_path)
-        threshold = metrics["operating_point"]["threshold"]
-        serving.log_model(model_dir / "model.keras", classes, run["image_size"], threshold)
+    # evaluate.json tells DVC the stage is done: written first beside its place (a read-only
+    # metrics/ fails before the slow logging), renamed into place only once the logging succeeded.
+    with atomic_path(root / paths.EVALUATE_JSON) as evaluate_json:
+        write_json(evaluate_json, metrics)
+        with tracking.run(run_id=run["run_id"]):
+            tracking.set_tags(flatten({"evaluate": cfg.model_dump()}))
+            tracking.log_metrics(metrics, prefix="test.")
+            for path, artifact_path in (
+                (paths.EVALUATE_DIR, "evaluate"),
+                (paths.GRADCAM_DIR, "gradcam"),
+                (paths.MODEL_CARD_MD, None),
+            ):
+                tracking.log_artifacts(root / path, artifact_path)
+            threshold = metrics["operating_point"]["threshold"]
+            serving.log_model(model_dir / "model.keras", classes, run["image_size"], threshold)
     op = metrics["operating_point"]
     log.info(
         "test: accuracy %.4f, macro-F1 %.4f [%.4f, %.4f] on %d images; at COVID threshold %.4f: sensitivity %s,"

@@ -90,7 +90,10 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     history_csv.unlink(missing_ok=True)
     records = {"download": root / paths.DOWNLOAD_JSON, "validate": root / paths.VALIDATE_JSON}
 
+    # Left in the reverse order: the run ends, the model folder goes into place, and only then
+    # train.json, which tells DVC the stage is done.
     with (
+        atomic_path(root / paths.TRAIN_JSON) as train_json,
         atomic_path(root / paths.MODEL_DIR, is_dir=True) as out,
         tracking.run(tracking.run_tags(params.model, data_version, size)) as run_id,
     ):
@@ -158,7 +161,7 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         write_json(out / "run.json", {**run, "classes": classes, "image_size": size, "data_version": data_version})
         plot_history(curves, root / paths.CURVES_PNG, fine_tune_start=fine_tune_epoch)
         tracking.log_artifacts(history_csv.parent, "train")
-        write_json(root / paths.TRAIN_JSON, metrics)
+        write_json(train_json, metrics)
     log.info(
         "best epoch %d (of 0..%d): val_loss %.4f, val_accuracy %.4f",
         metrics["best_epoch"],

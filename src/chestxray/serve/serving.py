@@ -13,6 +13,7 @@ import base64
 import binascii
 import io
 import json
+import logging
 import tempfile
 from collections.abc import Sequence
 from importlib import metadata
@@ -31,12 +32,14 @@ import chestxray
 from chestxray.data.images import load_gray
 from chestxray.errors import UserError
 from chestxray.serve.decision import decide
-from chestxray.tracking import tracking_uri
+from chestxray.tracking import delete_logged_model, logged_model_ids, tracking_uri
 
 INPUT_COLUMN = "image"
 # What the model's code imports, pinned to the versions installed where it was logged.
 REQUIREMENTS = ("keras", "numpy", "pandas", "pillow", "imagehash", "scipy", "pyyaml", "tqdm", "matplotlib")
 TENSORFLOW = ("tensorflow-cpu", "tensorflow")  # whichever build is installed
+
+log = logging.getLogger(__name__)
 
 
 def decode(data: bytes, size: int, name: str) -> np.ndarray:
@@ -110,7 +113,23 @@ def log_model(keras_file: Path, classes: Sequence[str], image_size: int, thresho
     """Log the pyfunc model as ``model`` in the active run, with the package's code, so it is
     served and loaded with no checkout of this repository. The classes, size and threshold travel
     as a JSON artifact, not as MLflow's ``model_config``, which MLflow also logs as run params: a
-    run evaluated again with a new threshold would keep the old one there (params cannot change)."""
+    run evaluated again with a new threshold would keep the old one there (params cannot change).
+    If logging fails or is interrupted, the logged model it created is deleted before the error
+    goes on, so no half-logged model is left to register."""
+    run_id = mlflow.active_run().info.run_id
+    before = {model_id for model_id, _ in logged_model_ids(run_id)}
+    try:
+        _log_pyfunc(keras_file, classes, image_size, threshold)
+    except BaseException:
+        for model_id, status in logged_model_ids(run_id):
+            if model_id not in before:
+                log.warning("deleting the %s model %s that failed to log", status, model_id)
+                delete_logged_model(model_id)
+        raise
+
+
+def _log_pyfunc(keras_file: Path, classes: Sequence[str], image_size: int, threshold: float) -> None:
+    """``mlflow.pyfunc.log_model`` of the classifier as ``model`` (see ``log_model``)."""
     settings = {"classes": list(classes), "image_size": int(image_size), "threshold": float(threshold)}
     with tempfile.TemporaryDirectory(prefix="model-settings-") as tmp:
         settings_json = Path(tmp) / "settings.json"
