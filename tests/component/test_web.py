@@ -1,26 +1,34 @@
-"""The web page (chestxray.serve.web): its API on a live uvicorn server, and the page itself driven in
-headless Chromium on a real X-ray from ../shared, served by ``python -m chestxray app``."""
+"""The web page (chestxray.serve.web): its API on a live uvicorn server, the page itself driven in
+headless Chromium on a real X-ray from ../shared, and the memory of ``python -m chestxray app`` under
+a burst of huge images."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from PIL import Image
 
 from chestxray.data.cache import cache_meta
@@ -45,6 +53,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 NOT_AN_IMAGE = b"patient notes: this is a text file, not an X-ray\n"
+HUGE_SIDE = 13000  # px: PIL decodes the 1-bit PNG to 169 MB, and serving.decode takes twice that
+BURST = 40  # concurrent requests: as many as the server's thread pool runs at once
+PEAK_LIMIT = 2 * 1024**3  # bytes of the server's peak resident memory (VmHWM)
+log = logging.getLogger(__name__)
 
 
 def call(url: str, body: bytes | Iterator[bytes] | None = None, timeout: float = 120) -> tuple[int, dict | str]:
@@ -107,15 +119,14 @@ def logged(trained_model: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
         )
 
 
-@pytest.fixture(scope="module")
-def server(logged: SimpleNamespace) -> Iterator[str]:
-    """``web.create_app`` on a live uvicorn server (a thread, 127.0.0.1, a free port): its base URL."""
+@contextmanager
+def live(app: FastAPI) -> Iterator[str]:
+    """``app`` on a live uvicorn server (a thread, 127.0.0.1, a free port): its base URL."""
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = web.create_app(logged.model, model_uri=logged.uri)
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -127,6 +138,35 @@ def server(logged: SimpleNamespace) -> Iterator[str]:
     uv.should_exit = True
     thread.join(10)
     sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(logged: SimpleNamespace) -> Iterator[str]:
+    """``web.create_app`` on a live uvicorn server: its base URL."""
+    with live(web.create_app(logged.model, model_uri=logged.uri)) as url:
+        yield url
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data and CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bilevel_png(side: int) -> bytes:
+    """A side × side 1-bit grey PNG of horizontal stripes, compressed row by row (so never held
+    whole): 28 KB at 13000 px."""
+    compressor = zlib.compressobj(9)
+    row_bytes = -(-side // 8)
+    rows = (b"\x00" + (b"\xaa" if (y // 500) % 2 else b"\x00") * row_bytes for y in range(side))
+    idat = b"".join(compressor.compress(row) for row in rows) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # bit depth 1, grey, no interlace
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    """A 13000 × 13000 px PNG file of 28 KB."""
+    return bilevel_png(HUGE_SIDE)
 
 
 @pytest.fixture
@@ -231,6 +271,22 @@ def test_malformed_requests_are_400(server: str, body: bytes, detail: str) -> No
     assert detail in answer["detail"]
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's, for 169 Mpx: expected here
+def test_an_image_too_large_to_decode_is_413_from_its_header(
+    logged: SimpleNamespace, huge_png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(web, "MAX_DECODE_BYTES", 100 * 1024 * 1024)
+    with live(web.create_app(logged.model)) as url:
+        status, body = predict(url, huge_png, name="scan.png")
+        assert status == 413
+        assert body == {
+            "detail": "scan.png: image too large to decode: 13000 × 13000 px takes 322.3 MB, over the limit of 100.0 MB"
+        }
+        small = io.BytesIO()
+        Image.new("L", (299, 299), 90).save(small, format="PNG")
+        assert predict(url, small.getvalue())[0] == 200
+
+
 def test_upload_limit_is_413(server: str) -> None:
     limit = web.MAX_UPLOAD_BYTES
     # At the limit the file is accepted (and rejected only as not an image) …
@@ -258,8 +314,8 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def app_process(logged: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m chestxray app --model runs:/…`` in a subprocess on a free port: its base URL."""
+def app_process(logged: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """``python -m chestxray app --model runs:/…`` in a subprocess on a free port: its base URL and pid."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -293,7 +349,7 @@ def app_process(logged: SimpleNamespace, tmp_path_factory: pytest.TempPathFactor
                 pass
             assert time.monotonic() < deadline, f"the app did not answer within 180 s:\n{log.read_text()}"
             time.sleep(0.5)
-        yield url
+        yield SimpleNamespace(url=url, pid=proc.pid)
     finally:
         proc.terminate()
         try:
@@ -306,7 +362,7 @@ def app_process(logged: SimpleNamespace, tmp_path_factory: pytest.TempPathFactor
 @pytest.mark.browser
 @pytest.mark.shared
 def test_page_in_chromium(
-    chromium: Path, app_process: str, logged: SimpleNamespace, xray: Path, tmp_path: Path
+    chromium: Path, app_process: SimpleNamespace, logged: SimpleNamespace, xray: Path, tmp_path: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -317,7 +373,7 @@ def test_page_in_chromium(
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             script_errors: list[str] = []
             page.on("pageerror", lambda exc: script_errors.append(str(exc)))
-            page.goto(app_process)
+            page.goto(app_process.url)
             assert page.title() == "Chest X-ray classifier"
             assert "not a diagnostic device" in page.inner_text(".note")
             page.wait_for_function("document.getElementById('model').textContent.includes('runs:/')")
@@ -348,3 +404,47 @@ def test_page_in_chromium(
             assert script_errors == []
         finally:
             browser.close()
+
+
+def peak_memory(pid: int) -> int:
+    """The peak resident memory of process ``pid`` so far (VmHWM), in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+
+
+def post(url: str, body: bytes) -> tuple[int | None, dict, str | None]:
+    """POST the JSON ``body`` to /predict: the status, the JSON answer and its Retry-After header;
+    status None if no answer came within a minute."""
+    request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with LOOPBACK.open(request, timeout=60) as response:
+            return response.status, json.load(response), response.headers.get("Retry-After")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc), exc.headers.get("Retry-After")
+    except OSError:  # timed out, or the connection was refused or reset
+        return None, {}, None
+
+
+def test_the_app_holds_its_memory_under_a_burst_of_huge_images(
+    app_process: SimpleNamespace, logged: SimpleNamespace, huge_png: bytes
+) -> None:
+    body = json.dumps({"image": base64.b64encode(huge_png).decode(), "name": "huge.png"}).encode()
+    before = peak_memory(app_process.pid)
+    with ThreadPoolExecutor(BURST) as pool:
+        answers = list(pool.map(lambda _: post(app_process.url, body), range(BURST)))
+    peak = peak_memory(app_process.pid)
+    counts = Counter(status for status, _, _ in answers)
+    log.info("%d requests: %s; peak RSS %.0f MB (%.0f MB before)", BURST, dict(counts), peak / 1e6, before / 1e6)
+    assert peak < PEAK_LIMIT, f"peak RSS {peak / 1e6:.0f} MB (answers {dict(counts)})"
+    assert set(counts) <= {200, 413, 503}, counts  # None: no answer
+    for status, answer, retry_after in answers:
+        if status == 503:
+            assert (answer, retry_after) == ({"detail": web.BUSY}, str(web.RETRY_AFTER))
+        if status == 413:
+            assert answer["detail"].startswith(f"huge.png: image too large to decode: {HUGE_SIDE} × {HUGE_SIDE} px")
+    done = [answer for status, answer, _ in answers if status == 200]
+    assert done, counts
+    prob = done[0]["probabilities"]
+    assert list(prob) == logged.classes and all(0 <= p <= 1 for p in prob.values())
+    assert sum(prob.values()) == pytest.approx(1, abs=1e-6) and done[0]["predicted"] in logged.classes
+    assert all(answer["probabilities"] == prob for answer in done)
