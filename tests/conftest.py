@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import subprocess
 import tempfile
 import urllib.request
 import zipfile
@@ -169,3 +171,34 @@ def trained_model(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     path = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(path)
     return path
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """``tiny_disk(size)``: a real small file system (tmpfs, e.g. ``"64k"``) at ``tmp_path/disk``,
+    where this machine lets the tests mount one (as root); else the test is skipped with the reason."""
+    disk = tmp_path / "disk"
+
+    def mount(size: str) -> Path:
+        disk.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(
+                f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); an injected ENOSPC test covers it"
+            )
+        return disk
+
+    yield mount
+    if disk.is_mount():
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)  # an open store may still hold a file
+
+
+def fill(disk: Path) -> None:
+    """Write into ``disk`` until it is full."""
+    with (disk / "filler").open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise

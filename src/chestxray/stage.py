@@ -24,6 +24,8 @@ def run_stage(name: str, step: Callable[[Params], Any]) -> None:
     MLflow runs end KILLED) and ends it with one line and exit 128 + the signal's number."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    # MLflow logs a store error with its traceback before raising it; tracking raises it again as one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _interrupt)
     log = logging.getLogger(name)
     try:
@@ -44,7 +46,7 @@ def run_stage(name: str, step: Callable[[Params], Any]) -> None:
 
 def describe_os_error(exc: OSError) -> str:
     """A full disk or an unwritable path as one line: the path, what happened, what to do."""
-    path = exc.filename or f"a file under {Path.cwd()}"
+    path = exc.filename2 or exc.filename or f"a file under {Path.cwd()}"  # a copy's target, else the file
     if exc.errno in DISK_FULL:
         return f"{path}: {exc.strerror}; free space on its disk and run again"
     return f"{path}: {exc.strerror}; make it writable (or work in a copy you own) and run again"

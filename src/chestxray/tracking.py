@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import logging
 import math
@@ -101,7 +102,26 @@ def run(tags: Mapping[str, str] | None = None, run_id: str | None = None, name: 
     """Start a run (named ``name``, else after ``DVC_EXP_NAME`` when DVC sets it, else uniquely), or
     resume ``run_id``. A new run ends FINISHED, KILLED on KeyboardInterrupt, FAILED on any other
     exception; a resumed run ends with the status and end time it had before. First ends the runs
-    that dead processes of this host left RUNNING (``_reap_orphans``)."""
+    that dead processes of this host left RUNNING (``_reap_orphans``). A store on a full disk
+    raises OSError(ENOSPC) naming the database, which the stage edge reports in one line."""
+    with _disk_full_as_os_error():
+        yield from _run(tags, run_id, name)
+
+
+@contextlib.contextmanager
+def _disk_full_as_os_error() -> Iterator[None]:
+    """SQLite's 'database or disk is full' (an MlflowException) → OSError(ENOSPC) naming the store."""
+    try:
+        yield
+    except MlflowException as exc:
+        if "database or disk is full" not in str(exc):
+            raise
+        store = tracking_uri().removeprefix("sqlite:///")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), store) from None
+
+
+def _run(tags: Mapping[str, str] | None, run_id: str | None, name: str | None) -> Iterator[str]:
+    """The body of ``run``."""
     exp = experiment_id()
     client = _client()
     _reap_orphans(client, exp)

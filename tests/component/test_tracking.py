@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import mlflow
 import pytest
 
 from chestxray import tracking
+from conftest import REPO, fill
 
 
 def test_store_is_at_dvc_root_unless_a_tracking_uri_is_set(tmp_path, monkeypatch):
@@ -178,3 +180,30 @@ def test_only_a_ready_logged_model_counts(mlflow_store):
     assert tracking.logged_model_id(run_id) == ready
     tracking.delete_logged_model(ready)
     assert tracking.logged_model_id(run_id) is None
+
+
+def test_a_store_on_a_full_disk_is_one_line_and_the_earlier_run_keeps_its_state(tiny_disk, monkeypatch):
+    """SQLite says 'database or disk is full' (an MlflowException, which MLflow also logs with its
+    traceback); the stage ends with one line naming the store, and the run it resumed is unchanged."""
+    disk = tiny_disk("3m")
+    store = f"sqlite:///{disk / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    with tracking.run({"stage": "train"}) as run_id:
+        pass
+    before = mlflow.MlflowClient(store).get_run(run_id).info
+    fill(disk)
+    shutil.copy(REPO / "params.yaml", disk.parent / "params.yaml")
+    code = (
+        "import sys; from chestxray import tracking; from chestxray.stage import run_stage\n"
+        "def step(params):\n"
+        "    with tracking.run(run_id=sys.argv[1]):\n"
+        "        tracking.log_metrics({f'm{i}': i for i in range(2000)})\n"
+        "run_stage('evaluate', step)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, run_id], cwd=disk.parent, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert [line.split(" ERROR ")[1] for line in done.stderr.splitlines() if " ERROR " in line] == [
+        f"evaluate: {disk / 'mlflow.db'}: No space left on device; free space on its disk and run again"
+    ]
+    after = mlflow.MlflowClient(store).get_run(run_id).info
+    assert (after.status, after.end_time) == (before.status, before.end_time) == ("FINISHED", before.end_time)

@@ -13,12 +13,14 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -32,7 +34,7 @@ from kaggle_server import SLUG, USER, KaggleStub
 pytestmark = pytest.mark.integration
 
 OVERRIDES = {"backbones.mobilenetv2.alpha": 0.35}  # the default run, with a lighter MobileNetV2 for later
-CHAIN = ["download", "validate", "split", "prepare", "train", "evaluate", "compare"]
+CHAIN = ["check", "download", "validate", "split", "prepare", "train", "evaluate", "compare"]
 STAGES = {*CHAIN, "eda"}
 
 
@@ -116,6 +118,8 @@ def test_repro_runs_the_chain_and_learns(repo, first_repro):
     edges = {(names[a], names[b]) for a, b in re.findall(r"(node\d+)-->(node\d+)", dag)}
     chain = set(itertools.pairwise(CHAIN))
     assert chain <= edges
+    assert {("check", stage) for stage in STAGES - {"check"}} <= edges  # every stage waits for the check
+    edges -= {("check", stage) for stage in STAGES}
     # eda reads the manifest and the grid images; prepare decodes the images the split names;
     # evaluate reads the test split and the data records for the model card; train logs the data
     # stages' records to MLflow as provenance
@@ -172,9 +176,9 @@ def test_second_repro_runs_nothing(repo, first_repro):
     ("module", "stages"),
     [
         ("judge/leaderboard.py", {"compare"}),
-        ("data/layouts/csv_table.py", {"validate"}),  # a layout adapter: no new download
-        ("data/radiography.py", {"download", "validate"}),  # the synthetic data's layout
-        ("learn/backbones.py", {"train", "evaluate"}),
+        ("data/layouts/csv_table.py", {"check", "validate"}),  # a layout adapter: no new download
+        ("data/radiography.py", {"check", "download", "validate"}),  # the synthetic data's layout
+        ("learn/backbones.py", {"check", "train", "evaluate"}),
         ("figures.py", {"eda", "train", "evaluate", "compare"}),
         ("config.py", STAGES),
     ],
@@ -259,13 +263,65 @@ def test_predict_uses_the_champion(repo, first_repro, tmp_path):
     assert row["predicted"] == expected["predicted_at_threshold"]
 
 
+def model_weights(repo: Path) -> list:
+    import keras
+
+    import chestxray.learn.models  # noqa: F401  (registers the custom layer and loss)
+
+    return keras.models.load_model(repo / "models" / "model.keras", compile=False).get_weights()
+
+
+def test_kill_9_mid_train_then_rerun_gives_the_same_model_and_a_true_mlflow(repo, first_repro, tmp_path):
+    """`kill -9` of `dvc repro` and its stage mid-train (no handler runs), then `dvc repro` again:
+    the same weights and metrics as the uninterrupted run, the killed run KILLED in MLflow (ended by
+    the next stage that opens the store), no temp folder left, and git sees only the outputs."""
+    project = clean_copy(tmp_path / "project")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1")
+    proc = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    history, deadline = project / "reports" / "train" / "history.csv", time.time() + 600
+    while not (history.exists() and len(history.read_text().splitlines()) >= 3) and time.time() < deadline:
+        assert proc.poll() is None, "dvc repro ended before training was under way"
+        time.sleep(0.5)
+    assert list(project.glob(".models.tmp-*")), "train should be writing its model folder"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("chestxray").experiment_id
+    [killed] = client.search_runs([experiment], "tags.stage = 'train'")
+    assert killed.info.status == "RUNNING"  # SIGKILL: nothing could end it
+
+    output = sh(project, "dvc", "repro")
+    assert ran(output) == ["train", "evaluate", "compare"]
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"
+    assert client.get_run(killed.info.run_id).info.end_time is not None
+    for a, b in zip(model_weights(project), model_weights(repo), strict=True):
+        assert np.array_equal(a, b)
+    drop = {"train": {"train_seconds"}, "evaluate": {"run_id"}}
+    for name, ignored in drop.items():
+        fresh, reference = metrics(project, name), metrics(repo, name)
+        assert {k: v for k, v in fresh.items() if k not in ignored} == {
+            k: v for k, v in reference.items() if k not in ignored
+        }, name
+    leftovers = [p for p in project.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert [p for p in leftovers if ".dvc" not in p.relative_to(project).parts] == []
+    assert sh(project, "git", "status", "--porcelain") == sh(repo, "git", "status", "--porcelain")
+
+
 def test_exp_run_with_another_model_reruns_only_train_evaluate_compare(repo, first_repro):
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline results")
     output = sh(
         repo, "dvc", "exp", "run", "-S", "model=efficientnetb0", "-S", "train.epochs=1", "-S", "train.imbalance=focal"
     )
-    assert ran(output) == ["train", "evaluate", "compare"]
+    assert ran(output) == ["check", "train", "evaluate", "compare"]
     assert json.loads((repo / "models" / "run.json").read_text())["model"] == "efficientnetb0"
     compare = metrics(repo, "compare")
     assert compare["n_runs"] == 2 and compare["mcnemar"]["n"] == metrics(repo, "evaluate")["n"]
@@ -278,7 +334,7 @@ def test_exp_run_with_other_evaluate_settings_reevaluates_and_the_run_says_so(re
     """Only evaluate and compare run again, on the same training run; its evaluate.* tags (MLflow
     params cannot change) now hold the new settings, and its metrics the new intervals."""
     output = sh(repo, "dvc", "exp", "run", "-S", "evaluate.bootstrap=2000", "-S", "evaluate.target_sensitivity=0.9")
-    assert ran(output) == ["evaluate", "compare"]
+    assert ran(output) == ["check", "evaluate", "compare"]
     evaluate = metrics(repo, "evaluate")
     assert evaluate["operating_point"]["target_sensitivity"] == 0.9
     run = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(evaluate["run_id"])
@@ -286,25 +342,72 @@ def test_exp_run_with_other_evaluate_settings_reevaluates_and_the_run_says_so(re
     assert run.data.metrics["test.ci.macro_f1.low"] == evaluate["ci"]["macro_f1"]["low"]
 
 
-def test_bad_model_fails_in_one_line_and_writes_nothing(repo, first_repro):
-    """DVC refuses first (train tracks backbones.<model>, which is missing); the stage itself
-    names the valid backbones. Either way: no traceback, non-zero exit, nothing downstream written."""
-    downstream = {name: (repo / "metrics" / f"{name}.json").read_bytes() for name in ("evaluate", "compare")}
+def outputs(repo: Path) -> dict[str, str]:
+    """sha256 of every file of the project but git's, DVC's internals and params.yaml: the outputs
+    of every stage (cached or not), dvc.lock, the MLflow store."""
+    skip = (".git/", ".dvc/", "params.yaml")
+    return {
+        p.relative_to(repo).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and not p.relative_to(repo).as_posix().startswith(skip)
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"train.epochs": -1}, "train.epochs must be greater than or equal to 1, got -1"),
+        ({"data.source": "ftp"}, "data.source must be one of 'synthetic', 'kaggle' or 'local', got 'ftp'"),
+        ({"seed": "abc"}, "seed must be a valid integer, got 'abc'"),
+        ({"model": "alexnet"}, "model must be one of " + ", ".join(BACKBONES) + ", got 'alexnet'"),
+        ({"train.epoch": 3}, "unknown key 'train.epoch'; did you mean 'train.epochs'?"),
+        ({"data.image_size": 100_000}, "data.image_size must be less than or equal to 1024, got 100000"),
+        ({"train.batch_size": 10**9}, "train.batch_size must be less than or equal to 4096, got 1000000000"),
+        (
+            {"data.synthetic.n_images": 10**9},
+            "data.synthetic.n_images must be less than or equal to 100000, got 1000000000",
+        ),
+        ({"evaluate.bootstrap": 10**12}, "evaluate.bootstrap must be less than or equal to 100000, got 1000000000000"),
+        (
+            {"evaluate.target_sensitivity": 1.5},
+            "evaluate.target_sensitivity must be less than or equal to 1, got 1.5",
+        ),
+        (
+            {"data.source": "kaggle", "data.kaggle.dataset": "covid19-radiography-database"},
+            "data.kaggle.dataset: 'covid19-radiography-database' is not 'owner/slug' or 'owner/slug/<version>' as in"
+            " the dataset's URL",
+        ),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, dict) else None,
+)
+def test_a_bad_value_stops_repro_in_one_line_before_any_output_is_touched(repo, first_repro, values, message):
+    """DVC deletes a stage's outputs before it runs it: the check stage, which every stage depends
+    on, refuses first. Every output, dvc.lock and the MLflow store stay byte-identical, and with
+    params.yaml put back nothing is left to re-run."""
+    before = outputs(repo)
     params = repo / "params.yaml"
     original = params.read_text()
-    set_params(params, {"model": "alexnet"})
+    set_params(params, values)
     try:
         code, output = run(repo, "dvc", "repro")
-        assert code != 0 and "Parameters 'backbones.alexnet' are missing from 'params.yaml'" in output
-        code, output = run(repo, "python", "stages/train.py")
-        errors = [line for line in output.splitlines() if " ERROR " in line]
-        assert code == 1 and len(errors) == 1 and "Traceback" not in output
-        assert errors[0].endswith(
-            "train: params.yaml: model must be one of " + ", ".join(BACKBONES) + ", got 'alexnet'"
-        )
     finally:
         params.write_text(original)
-    assert {name: (repo / "metrics" / f"{name}.json").read_bytes() for name in downstream} == downstream
+    errors = [line.split(" ERROR ", 1)[1] for line in output.splitlines() if " ERROR " in line]
+    assert code != 0 and ran(output) == ["check"] and "Traceback" not in output
+    assert errors == [f"check: {message}" if message.startswith("data.kaggle") else f"check: params.yaml: {message}"], (
+        output
+    )
+    assert outputs(repo) == before
+    assert json.loads(sh(repo, "dvc", "status", "--json")) == {}
+
+
+def test_a_bad_value_in_an_experiment_is_refused_the_same_way(repo, first_repro):
+    before = outputs(repo)
+    code, output = run(repo, "dvc", "exp", "run", "-S", "train.epochs=-1")
+    assert code != 0 and ran(output) == ["check"]
+    assert "check: params.yaml: train.epochs must be greater than or equal to 1, got -1" in output
+    sh(repo, "git", "checkout", "params.yaml")
+    assert outputs(repo) == before
 
 
 def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, first_repro):

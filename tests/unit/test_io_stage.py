@@ -160,8 +160,8 @@ def test_an_unwritable_folder_is_one_line_naming_the_target(tmp_path, monkeypatc
 
 
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, caplog):
-    """ENOSPC is injected into the write (a full disk cannot be counted on here; the stage test in
-    tests/component/test_faults.py fills a real tmpfs where mounting is allowed)."""
+    """ENOSPC is injected into the write: a full disk cannot be made everywhere the tests run (the
+    next test fills a real tmpfs where mounting one is allowed)."""
 
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -179,6 +179,23 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, caplog):
     monkeypatch.undo()
     assert read_json(tmp_path / "split.json") == {"groups": 1000}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "split.json"]
+
+
+def test_a_really_full_disk_is_one_line_and_keeps_the_old_file(tiny_disk):
+    tiny_disk = tiny_disk("64k")
+    shutil.copy(REPO / "params.yaml", tiny_disk.parent / "params.yaml")
+    write_json(tiny_disk / "evaluate.json", {"macro_f1": 0.88})
+    code = (
+        "from pathlib import Path; from chestxray.io import write_json; from chestxray.stage import run_stage\n"
+        "run_stage('evaluate', lambda p: write_json(Path('disk/evaluate.json'), {'x': 'y' * 200_000}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tiny_disk.parent, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert [line.split(" ERROR ")[1] for line in done.stderr.splitlines() if " ERROR " in line] == [
+        "evaluate: disk/evaluate.json: No space left on device; free space on its disk and run again"
+    ]
+    assert read_json(tiny_disk / "evaluate.json") == {"macro_f1": 0.88}
+    assert [p.name for p in tiny_disk.iterdir()] == ["evaluate.json"]
 
 
 def test_sigterm_ends_a_stage_in_one_line(tmp_path):
