@@ -25,7 +25,8 @@ def _umask() -> int:
 
 
 UMASK = _umask()
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 STALE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?")
 
 
@@ -42,7 +43,7 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(target)
+        _remove_stale(target)
         prefix = f".{target.name}.tmp-{os.getpid()}-"
         if is_dir:
             tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
@@ -53,7 +54,8 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[
             tmp = Path(name)
             tmp.chmod(0o666 & ~UMASK)
     except OSError as exc:
-        raise _naming(exc, target) from None
+        _raise_naming(exc, target)
+        raise
     try:
         yield tmp
         if is_dir and target.exists():
@@ -66,11 +68,11 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[
     except BaseException as exc:
         _remove(tmp)
         if isinstance(exc, OSError):
-            raise _naming(exc, target) from exc
+            _raise_naming(exc, target)
         raise
 
 
-def remove_stale(target: Path) -> None:
+def _remove_stale(target: Path) -> None:
     """Remove the temp and set-aside copies of ``target`` left by writers that no longer run."""
     for path in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
         match = STALE.match(path.name)
@@ -91,12 +93,11 @@ def _alive(pid: str | None) -> bool:
     return True
 
 
-def _naming(exc: OSError, target: Path) -> OSError:
-    """A disk-full or permission error with ``target`` as its file name when it named none or a temp path."""
-    unnamed = exc.filename is None or STALE.match(Path(exc.filename).name)
-    if exc.errno in WRITE_ERRORS and unnamed:
-        return type(exc)(exc.errno, os.strerror(exc.errno), str(target))
-    return exc
+def _raise_naming(exc: OSError, target: Path) -> None:
+    """Raise a disk-full or permission error again naming ``target``, if it named none or a temp path."""
+    unnamed = exc.filename is None or STALE.match(Path(str(exc.filename)).name)
+    if exc.errno in DISK_FULL | NOT_WRITABLE and unnamed:
+        raise type(exc)(exc.errno, os.strerror(exc.errno), str(target)) from None
 
 
 def _remove(path: Path) -> None:

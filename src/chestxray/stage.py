@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import signal
 import sys
@@ -13,9 +12,7 @@ from typing import Any
 
 from chestxray.config import Params, load_params
 from chestxray.errors import UserError
-
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+from chestxray.io import DISK_FULL, NOT_WRITABLE
 
 
 def run_stage(name: str, step: Callable[[Params], Any]) -> None:

@@ -401,11 +401,19 @@ def test_a_bad_value_stops_repro_in_one_line_before_any_output_is_touched(repo, 
     assert json.loads(sh(repo, "dvc", "status", "--json")) == {}
 
 
-def test_a_bad_value_in_an_experiment_is_refused_the_same_way(repo, first_repro):
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("train.epochs=-1", "check: params.yaml: train.epochs must be greater than or equal to 1, got -1"),
+        ("+train.epoch=3", "check: params.yaml: unknown key 'train.epoch'; did you mean 'train.epochs'?"),
+        ("train.epoch=3", "Could not override 'train.epoch'"),  # DVC's own refusal of an unknown key
+    ],
+)
+def test_a_bad_value_in_an_experiment_is_refused_the_same_way(repo, first_repro, setting, message):
     before = outputs(repo)
-    code, output = run(repo, "dvc", "exp", "run", "-S", "train.epochs=-1")
-    assert code != 0 and ran(output) == ["check"]
-    assert "check: params.yaml: train.epochs must be greater than or equal to 1, got -1" in output
+    code, output = run(repo, "dvc", "exp", "run", "-S", setting)
+    assert code != 0 and ran(output) == ([] if setting == "train.epoch=3" else ["check"])
+    assert message in output and "Traceback" not in output
     sh(repo, "git", "checkout", "params.yaml")
     assert outputs(repo) == before
 

@@ -9,8 +9,9 @@ import zipfile
 import pandas as pd
 import pytest
 
+from chestxray.data import synthetic
 from chestxray.data.cache import prepare_cache
-from chestxray.data.sources import extract_zip
+from chestxray.data.sources import extract_zip, ingest_local
 from chestxray.errors import UserError
 from chestxray.resources import free_bytes, human, require_free_space
 
@@ -60,3 +61,15 @@ def test_an_archive_that_would_fill_the_disk_is_not_extracted(tmp_path):
     with pytest.raises(UserError, match=r"raw: extracting .*bomb.zip needs .* but .* is free on its disk; free space"):
         extract_zip(archive, dest)
     assert not dest.exists()
+
+
+def test_a_copy_or_a_synthetic_dataset_that_cannot_fit_is_refused_before_it_starts(tiny_disk, raw_dataset):
+    """On a real 64 KB disk: a local folder of several MB, and 40 synthetic images (~2.5 MB)."""
+    disk = tiny_disk("64k")
+    with pytest.raises(UserError, match=r"disk/raw: a copy of .* needs .* MB but .* KB is free on its disk"):
+        ingest_local(raw_dataset, disk / "raw")
+    with pytest.raises(
+        UserError, match=r"disk/raw: generating 40 synthetic images needs 2.6 MB but .* KB is free on its disk"
+    ):
+        synthetic.generate(disk / "raw", 40, seed=0)
+    assert list(disk.iterdir()) == []

@@ -208,7 +208,10 @@ def generate(root: Path, n_images: int, seed: int) -> dict[str, int]:
     if n_images < MIN_IMAGES:
         raise UserError(f"params.yaml: data.synthetic.n_images must be at least {MIN_IMAGES}, got {n_images}")
     require_free_space(
-        root, n_images * BYTES_PER_IMAGE, f"{n_images} synthetic images", "lower data.synthetic.n_images or free space"
+        root,
+        n_images * BYTES_PER_IMAGE,
+        f"generating {n_images} synthetic images",
+        "lower data.synthetic.n_images or free space",
     )
     counts = _class_counts(n_images)
     base = Path(root) / DIR
