@@ -33,15 +33,15 @@ def run_stage(name: str, step: Callable[[Params], Any]) -> None:
     except OSError as exc:
         if exc.errno not in DISK_FULL | NOT_WRITABLE:
             raise
-        log.error("%s", describe_os_error(exc))
+        log.error("%s", _describe_os_error(exc))
         sys.exit(1)
     except KeyboardInterrupt as exc:
-        signum = signal.Signals[str(exc)] if str(exc) in signal.Signals.__members__ else signal.SIGINT
+        signum = signal.Signals(exc.args[0]) if exc.args else signal.SIGINT  # Ctrl-C raises it bare
         log.error("stopped by %s; run it again to finish (dvc repro)", signum.name)
         sys.exit(128 + signum)
 
 
-def describe_os_error(exc: OSError) -> str:
+def _describe_os_error(exc: OSError) -> str:
     """A full disk or an unwritable path as one line: the path, what happened, what to do."""
     path = exc.filename2 or exc.filename or f"a file under {Path.cwd()}"  # a copy's target, else the file
     if exc.errno in DISK_FULL:
@@ -50,5 +50,5 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    """SIGTERM → KeyboardInterrupt naming the signal, as Ctrl-C does for SIGINT."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    """SIGTERM → KeyboardInterrupt carrying the signal's number, as Ctrl-C does for SIGINT."""
+    raise KeyboardInterrupt(signum)

@@ -110,7 +110,8 @@ def run(tags: Mapping[str, str] | None = None, run_id: str | None = None, name: 
 
 @contextlib.contextmanager
 def _disk_full_as_os_error() -> Iterator[None]:
-    """SQLite's 'database or disk is full' (an MlflowException) → OSError(ENOSPC) naming the store."""
+    """SQLite's 'database or disk is full' (an MlflowException) → OSError(ENOSPC) naming the store.
+    Around every write to the store: ``run`` (and all it logs) and the registry's writes."""
     try:
         yield
     except MlflowException as exc:
@@ -351,6 +352,7 @@ def delete_logged_model(model_id: str) -> None:
     _client().delete_logged_model(model_id)
 
 
+@_disk_full_as_os_error()
 def register_model(name: str, run_id: str, tags: Mapping[str, str]) -> tuple[int, bool] | None:
     """Version of the registered model ``name`` holding the model the run logged as ``model``
     (``runs:/<run_id>/model``): the version that already holds it, else a new one tagged
@@ -384,6 +386,7 @@ def alias_version(name: str, alias: str) -> dict[str, Any] | None:
     return {"version": int(version.version), "run_id": version.run_id}
 
 
+@_disk_full_as_os_error()
 def set_alias(name: str, alias: str, version: int) -> None:
     """Point ``alias`` of the registered model ``name`` at ``version``."""
     _client().set_registered_model_alias(name, alias, str(version))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -191,7 +192,15 @@ def test_a_store_on_a_full_disk_is_one_line_and_the_earlier_run_keeps_its_state(
     with tracking.run({"stage": "train"}) as run_id:
         pass
     before = mlflow.MlflowClient(store).get_run(run_id).info
+    client = mlflow.MlflowClient(store)
+    client.create_registered_model("chestxray")
+    version = client.create_model_version("chestxray", str(disk), run_id).version
     fill(disk)
+    with pytest.raises(
+        OSError, match="No space left on device"
+    ) as error:  # the registry's writes too (compare writes outside a run)
+        tracking.set_alias("chestxray", "champion", int(version))
+    assert (error.value.errno, error.value.filename) == (errno.ENOSPC, str(disk / "mlflow.db"))
     shutil.copy(REPO / "params.yaml", disk.parent / "params.yaml")
     code = (
         "import sys; from chestxray import tracking; from chestxray.stage import run_stage\n"
