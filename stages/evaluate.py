@@ -4,4 +4,4 @@ from chestxray.judge.evaluation import evaluate_model
 from chestxray.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage("evaluate", lambda p: evaluate_model(p.evaluate, p.seed))
+    run_stage("evaluate", lambda p: evaluate_model(p.evaluate))

@@ -26,6 +26,8 @@ Fraction = Annotated[float, Field(ge=0, lt=1)]  # [0, 1)
 OpenFraction = Annotated[float, Field(gt=0, lt=1)]  # (0, 1)
 Pixels = Annotated[int, Field(ge=1, le=100_000)]  # an image side
 Text = Annotated[str, Field(min_length=1)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # NumPy's and TensorFlow's seed range
+SEEDED = ("split", "train", "evaluate")  # sections with a seed of their own (null: the top-level seed)
 
 
 class Section(BaseModel):
@@ -91,6 +93,7 @@ class ValidateSettings(Section):
 
 
 class SplitSettings(Section):
+    seed: Seed  # which images go to val and test: the data version
     val: OpenFraction
     test: OpenFraction
     use_source_split: bool
@@ -139,6 +142,7 @@ class AugmentSettings(Section):
 
 
 class TrainSettings(Section):
+    seed: Seed  # weights' initialisation, shuffling, augmentation: not the data
     epochs: Annotated[int, Field(ge=1, le=1000)]
     fine_tune_epochs: Annotated[int, Field(ge=0, le=1000)]
     fine_tune_layers: Annotated[int, Field(ge=0, le=10_000)]
@@ -147,7 +151,7 @@ class TrainSettings(Section):
     weights: Literal["imagenet", "none"]
     imbalance: Literal["none", "class_weight", "oversample", "focal"]
     focal: FocalSettings
-    monitor: Literal["val_loss", "val_accuracy"]
+    monitor: Literal["val_loss", "val_accuracy", "val_macro_f1"]
     patience: Annotated[int, Field(ge=1, le=1000)]
     ema_momentum: Fraction
     head: HeadSettings
@@ -158,7 +162,9 @@ class TrainSettings(Section):
 
 
 class EvaluateSettings(Section):
+    seed: Seed  # the bootstrap resamples
     target_sensitivity: Annotated[float, Field(gt=0, le=1)]
+    threshold_rule: Literal["lower_bound", "point"]
     bootstrap: Annotated[int, Field(ge=1000, le=100_000)]
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
     gradcam_images: Annotated[int, Field(ge=1, le=100)]
@@ -166,6 +172,7 @@ class EvaluateSettings(Section):
 
 class CompareSettings(Section):
     metric: Text
+    min_delta: Annotated[float, Field(ge=0, le=1)]  # on validation: how much better a challenger must be
     registered_model: Text
 
 
@@ -181,7 +188,7 @@ class BackboneSettings(Section):
 
 
 class Params(Section):
-    seed: Annotated[int, Field(ge=0, lt=2**32)]  # NumPy's and TensorFlow's seed range
+    seed: Seed  # the synthetic data, the EDA grids, and every section seed left null
     model: Text
     data: DataSettings
     validate_: ValidateSettings = Field(alias="validate")  # `validate` is a BaseModel method
@@ -192,6 +199,19 @@ class Params(Section):
     backbones: dict[str, BackboneSettings]
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _section_seeds_default_to_seed(cls, raw: Any) -> Any:
+        """``split.seed``, ``train.seed`` and ``evaluate.seed`` left null take the top-level ``seed``."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for name in SEEDED:
+            section = raw.get(name)
+            if isinstance(section, dict) and section.get("seed", ...) is None:
+                raw[name] = {**section, "seed": raw.get("seed")}
+        return raw
 
     @model_validator(mode="after")
     def _alpha_per_class(self) -> Params:

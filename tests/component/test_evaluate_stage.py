@@ -24,7 +24,7 @@ from chestxray.serve import serving
 from chestxray.serve.decision import decide
 from conftest import project
 
-CFG = EvaluateSettings(target_sensitivity=0.95, bootstrap=1000, calibration_bins=10, gradcam_images=2)
+CFG = EvaluateSettings(seed=42, target_sensitivity=0.95, threshold_rule="lower_bound", bootstrap=1000, calibration_bins=10, gradcam_images=2)
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def prepared(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store:
 @pytest.fixture
 def evaluated(prepared: dict) -> dict:
     """evaluate_model run on the prepared project."""
-    return {**prepared, "metrics": evaluate_model(CFG, 42, prepared["root"])}
+    return {**prepared, "metrics": evaluate_model(CFG, prepared["root"])}
 
 
 def test_evaluate_writes_every_metric_with_cis_and_the_operating_point(evaluated, cache_dir):
@@ -194,7 +194,7 @@ def test_a_first_evaluation_that_fails_leaves_no_trace_dvc_or_compare_would_trus
     before = mlflow.get_run(run_id).info
     fill_the_disk_when_the_model_is_logged(monkeypatch)
     with pytest.raises(OSError, match="No space left on device") as failure:
-        evaluate_model(CFG, 42, root)
+        evaluate_model(CFG, root)
     assert failure.value.errno == errno.ENOSPC
     after = mlflow.get_run(run_id)
     assert (after.info.status, after.info.end_time) == ("FINISHED", before.end_time)
@@ -213,7 +213,7 @@ def test_a_failed_re_evaluation_keeps_the_earlier_model_and_evaluate_json(evalua
     fill_the_disk_when_the_model_is_logged(monkeypatch)
     # at another operating point, so evaluate.json would change
     with pytest.raises(OSError, match="No space left on device") as failure:
-        evaluate_model(CFG.model_copy(update={"target_sensitivity": 0.5}), 42, root)
+        evaluate_model(CFG.model_copy(update={"target_sensitivity": 0.5}), root)
     assert failure.value.errno == errno.ENOSPC
     after = mlflow.get_run(run_id).info
     assert (after.status, after.end_time) == ("FINISHED", before.end_time)

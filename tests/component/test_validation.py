@@ -321,7 +321,7 @@ def test_source_split_keeps_its_test_set_and_drops_train_copies(shared, tmp_path
     shutil.copytree(shared / "data/covid19-image-dataset-sample", sample)
     p = make_params(**{"data.task": "3class", "split.use_source_split": True})
     validate_dataset(p.data, p.validate_, tmp_path)
-    metrics = split_dataset(p.split, p.validate_.near_duplicate_distance, p.seed, tmp_path)
+    metrics = split_dataset(p.split, p.validate_.near_duplicate_distance, tmp_path)
     table = pd.read_csv(tmp_path / SPLIT_CSV)
     source_test = sorted(str(q.as_posix()) for q in (sample / "Covid19-dataset/test").rglob("*.*"))
     assert sorted(table.loc[table["split"] == "test", "path"]) == source_test

@@ -198,7 +198,10 @@ def test_an_edit_reruns_exactly_the_stages_that_run_the_code(repo, first_repro, 
 def locked_params(repo: Path, stage: str) -> dict[str, str]:
     """The params DVC tracked for ``stage`` in dvc.lock, flattened and as MLflow stores them (text)."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage].get("params", {})
-    return {k: str(v) for k, v in flatten(lock.get("params.yaml", {})).items()}
+    tracked = flatten(lock.get("params.yaml", {}))
+    # a section seed left null is the top-level seed: the run logs the seed it used
+    resolved = {k: tracked["seed"] for k, v in tracked.items() if k.endswith(".seed") and v is None}
+    return {k: str(v) for k, v in {**tracked, **resolved}.items()}
 
 
 def test_mlflow_has_the_run_with_params_metrics_model(repo, first_repro, monkeypatch):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from chestxray.data.split_table import data_version
-from chestxray.data.splitting import _folds, assign_splits, groups, leakage_pairs, split_dataset
+from chestxray.data.splitting import _folds, assign_splits, grouping, groups, leakage_pairs, split_dataset
 from chestxray.errors import UserError
 from chestxray.io import read_json
 from chestxray.paths import MANIFEST_CSV, SPLIT_CSV, SPLIT_JSON
@@ -77,16 +77,40 @@ def test_groups_prefer_patient_then_duplicate_group_then_image():
 def test_split_table_is_byte_identical_and_metrics_have_the_interface(tmp_path):
     write_manifest(tmp_path, manifest(patients=150))
     split = make_params().split
-    first = split_dataset(split, 12, seed=42, root=tmp_path)
+    first = split_dataset(split, 12, root=tmp_path)
     table_bytes = (tmp_path / SPLIT_CSV).read_bytes()
     (tmp_path / SPLIT_CSV).unlink()
-    assert split_dataset(split, 12, seed=42, root=tmp_path) == first
+    assert split_dataset(split, 12, root=tmp_path) == first
     assert (tmp_path / SPLIT_CSV).read_bytes() == table_bytes
-    assert list(pd.read_csv(tmp_path / SPLIT_CSV).columns) == ["path", "label", "split", "group"]
+    assert list(pd.read_csv(tmp_path / SPLIT_CSV).columns) == ["path", "label", "split", "group", "sha256"]
     assert read_json(tmp_path / SPLIT_JSON) == first
     assert set(first["counts"]) == {"train", "val", "test"} and set(first["counts"]["test"]) == set(CLASSES)
     assert first["groups"] == 150 and first["leakage"] == {"exact_pairs": 0, "near_pairs": 0}
+    assert first["grouping"] == {"by": "patient", "images_without_patient_id": 0}
     assert first["data_version"] == data_version(tmp_path / SPLIT_CSV)
+
+
+def test_the_data_version_changes_with_an_image_under_the_same_path(tmp_path):
+    """The reported case: regenerated images with the same paths kept data version 0f88c1c7f550."""
+    table = manifest(patients=150)
+    write_manifest(tmp_path, table)
+    before = split_dataset(make_params().split, 12, root=tmp_path)["data_version"]
+    write_manifest(tmp_path, table.assign(sha256=table["sha256"].where(table.index != 0, "f" * 64)))
+    assert split_dataset(make_params().split, 12, root=tmp_path)["data_version"] != before
+
+
+@pytest.mark.parametrize(
+    ("patient_id", "dup_group", "by", "without"),
+    [
+        (["P1", "P1", "P2"], ["", "", ""], "patient", 0),
+        (["P1", "", ""], ["", "", ""], "patient", 2),
+        (["", "", ""], ["d", "d", ""], "duplicate group", 3),
+        (["", "", ""], ["", "", ""], "image", 3),
+    ],
+)
+def test_the_grouping_says_what_the_groups_are(patient_id, dup_group, by, without):
+    table = pd.DataFrame({"path": ["a", "b", "c"], "patient_id": patient_id, "dup_group": dup_group})
+    assert grouping(table.assign(group=groups(table))) == {"by": by, "images_without_patient_id": without}
 
 
 def test_leakage_is_counted_and_fails_the_stage(tmp_path):
@@ -98,7 +122,7 @@ def test_leakage_is_counted_and_fails_the_stage(tmp_path):
 
     write_manifest(tmp_path, manifest().assign(sha256="0" * 64))  # every image the same bytes, no group
     with pytest.raises(UserError, match=r"leakage across splits: \d+ identical and 0 near-identical image pairs"):
-        split_dataset(make_params().split, 12, seed=0, root=tmp_path)
+        split_dataset(make_params(**{"split.seed": 0}).split, 12, root=tmp_path)
     assert not (tmp_path / SPLIT_CSV).exists()
 
 
@@ -108,7 +132,7 @@ def test_too_small_classes_and_sources_without_a_split_are_refused(tmp_path):
         assign_splits(table, 0.2, 0.2, seed=0)
     write_manifest(tmp_path, manifest())
     with pytest.raises(UserError, match=r"split\.use_source_split is true but the dataset has no train/test split"):
-        split_dataset(make_params(**{"split.use_source_split": True}).split, 12, seed=0, root=tmp_path)
+        split_dataset(make_params(**{"split.use_source_split": True, "split.seed": 0}).split, 12, root=tmp_path)
 
 
 @pytest.mark.parametrize(("fraction", "expected"), [(0.15, (20, 3)), (0.2, (5, 1)), (0.3, (10, 3)), (0.5, (2, 1))])

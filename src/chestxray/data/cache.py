@@ -24,7 +24,8 @@ def prepare_cache(
     split_csv: Path, cache_dir: Path, image_size: int, load: Callable[[Path, int], np.ndarray] = load_gray
 ) -> dict[str, Any]:
     """Decode every image of the split table once into ``<split>_x.npy`` (N, S, S, 1) uint8,
-    with labels in ``<split>_y.npy`` and the row order in ``<split>.csv``. ``load(path, size)``
+    with labels in ``<split>_y.npy`` and the row order in ``<split>.csv`` (path, label and group:
+    the split table's, else the path). ``load(path, size)``
     gives one image as (S, S) uint8 (the benchmarks pass generated pixels)."""
     table = pd.read_csv(split_csv, keep_default_na=False)
     classes = sorted(table["label"].unique())
@@ -42,7 +43,8 @@ def prepare_cache(
             x.flush()
             del x
             np.save(tmp / f"{split}_y.npy", rows["label"].map(index).to_numpy(np.int64))
-            rows[["path", "label"]].to_csv(tmp / f"{split}.csv", index=False)
+            group = rows["group"] if "group" in rows else rows["path"]  # what the bootstrap resamples
+            rows[["path", "label"]].assign(group=group).to_csv(tmp / f"{split}.csv", index=False)
         meta = {
             "classes": classes,
             "image_size": image_size,

@@ -25,16 +25,17 @@ log = logging.getLogger(__name__)
 MAX_FOLDS = 20  # split fractions are met to within 1/40 (a fraction is a whole number of folds)
 
 
-def split_dataset(split: SplitSettings, near_distance: int, seed: int, root: Path = Path(".")) -> dict[str, Any]:
+def split_dataset(split: SplitSettings, near_distance: int, root: Path = Path(".")) -> dict[str, Any]:
     """Split ``root``'s clean manifest; write the split table (``path, label, split, group``) and
     ``metrics/split.json`` (counts, groups, leakage). Leakage across splits fails the stage."""
     manifest = pd.read_csv(root / paths.MANIFEST_CSV, dtype=str, keep_default_na=False)
-    table = assign_splits(manifest, split.val, split.test, seed, split.use_source_split)
+    table = assign_splits(manifest, split.val, split.test, split.seed, split.use_source_split)
     leakage = leakage_pairs(table, near_distance)
     groups = table["group"].nunique()
     metrics = {
         "counts": {s: label_counts(table[table["split"] == s]) for s in SPLITS},
         "groups": int(groups),
+        "grouping": grouping(table),
         "leakage": leakage,
         "removed_cross_split_duplicates": len(manifest) - len(table),
     }
@@ -98,6 +99,16 @@ def groups(table: pd.DataFrame) -> list[str]:
     for node, c in zip(nodes, component, strict=True):
         name.setdefault(int(c), node)
     return [name[int(component[index[k]])] for k in keys]
+
+
+def grouping(table: pd.DataFrame) -> dict[str, Any]:
+    """What the groups of a split table are, as the model card states it: ``by`` is "patient" when
+    the source gives patient ids, else "duplicate group" when duplicates were joined, else "image"
+    (every image its own group); with the number of images without a patient id."""
+    by_patient = table["group"].str.startswith("patient:")
+    without_id = int((_column(table, "patient_id") == "").sum())
+    by = "patient" if by_patient.any() else "duplicate group" if table["group"].duplicated().any() else "image"
+    return {"by": by, "images_without_patient_id": without_id}
 
 
 def _column(table: pd.DataFrame, name: str) -> pd.Series:

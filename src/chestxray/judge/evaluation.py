@@ -26,7 +26,7 @@ from chestxray.serve.decision import decide
 log = logging.getLogger(__name__)
 
 
-def evaluate_model(cfg: EvaluateSettings, seed: int, root: Path = Path(".")) -> dict[str, Any]:
+def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, Any]:
     """Score ``root``'s trained model on the test split of its cache; write ``metrics/evaluate.json``,
     the tables and plots of ``reports/evaluate/``, the Grad-CAM gallery and the model card; log them,
     the evaluate settings (as tags: a run is evaluated again when only they change, and MLflow params
@@ -47,7 +47,7 @@ def evaluate_model(cfg: EvaluateSettings, seed: int, root: Path = Path(".")) -> 
     prob_val, prob = predict_proba(model, x_val), predict_proba(model, x)
     metrics = {
         **classification_metrics(y, prob, classes, cfg.calibration_bins),
-        "ci": bootstrap_ci(y, prob.argmax(axis=1), classes, cfg.bootstrap, seed),
+        "ci": bootstrap_ci(y, prob.argmax(axis=1), classes, cfg.bootstrap, cfg.seed),
         "operating_point": operating_point(y_val, prob_val, y, prob, classes, cfg.target_sensitivity),
         "data_version": run["data_version"],
         "run_id": run["run_id"],

@@ -53,11 +53,11 @@ def loss_for(cfg: TrainSettings, y: np.ndarray, classes: Sequence[str]) -> keras
 
 def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     """Train ``params.model`` on ``root``'s image cache; write the best model and its run.json, the
-    metrics, the history and the curves. The MLflow run gets the params the stage reads (``seed``,
-    ``model``, ``backbones.<model>``, ``train``), the data stages' records as provenance, every
+    metrics, the history and the curves. The MLflow run gets the params the stage reads (``seed``, ``model``,
+    ``backbones.<model>``, ``train``; ``train.seed`` as resolved: the top-level seed when null), the data stages' records as provenance, every
     epoch's metrics and the curves."""
     cfg, backbone = params.train, backbones.settings(params)
-    seed_everything(params.seed, cfg.deterministic)
+    seed_everything(cfg.seed, cfg.deterministic)
     cache_dir = root / paths.CACHE_DIR
     meta = cache_meta(cache_dir)
     classes, size, data_version = meta["classes"], meta["image_size"], meta["data_version"]
@@ -71,11 +71,11 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         y_train,
         batch_size,
         True,
-        params.seed,
-        augmenter(cfg.augment, params.seed),
+        cfg.seed,
+        augmenter(cfg.augment, cfg.seed),
         balanced=cfg.imbalance == "oversample",
     )
-    val_ds = make_dataset(x_val, y_val, batch_size, False, params.seed)
+    val_ds = make_dataset(x_val, y_val, batch_size, False, cfg.seed)
     with devices.dtype_policy_scope(policy), strategy.scope():
         model, base = build_model(params.model, size, len(classes), cfg.weights, backbone.constructor_args, cfg.head)
     pretrained = is_pretrained(params.model, cfg.weights)
