@@ -12,19 +12,27 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy.stats import binomtest
 
 from chestxray import paths, tracking
 from chestxray.config import EvaluateSettings
 from chestxray.data.cache import cache_meta, load_split
 from chestxray.io import read_json, write_json
 from chestxray.judge.evaluation import evaluate_model
-from chestxray.judge.metrics import METRICS
+from chestxray.judge.metrics import METRICS, classification_metrics
 from chestxray.learn.models import predict_proba
 from chestxray.serve import serving
 from chestxray.serve.decision import decide
 from conftest import project
 
-CFG = EvaluateSettings(seed=42, target_sensitivity=0.95, threshold_rule="lower_bound", bootstrap=1000, calibration_bins=10, gradcam_images=2)
+CFG = EvaluateSettings(
+    seed=42,
+    target_sensitivity=0.95,
+    threshold_rule="lower_bound",
+    bootstrap=1000,
+    calibration_bins=10,
+    gradcam_images=2,
+)
 
 
 @pytest.fixture
@@ -55,6 +63,7 @@ def prepared(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store:
             "counts": counts,
             "data_version": meta["data_version"],
             "groups": 160,
+            "grouping": {"by": "duplicate group", "images_without_patient_id": 160},
             "leakage": {"exact_pairs": 0, "near_pairs": 0},
         },
     )
@@ -81,41 +90,44 @@ def evaluated(prepared: dict) -> dict:
 
 
 def test_evaluate_writes_every_metric_with_cis_and_the_operating_point(evaluated, cache_dir):
+    import keras
+
     m = evaluated["metrics"]
     assert read_json(evaluated["root"] / paths.EVALUATE_JSON) == m
     for key in (*(metric.name for metric in METRICS), "n", "data_version", "run_id"):
         assert m[key] is not None, key
-    assert set(m) == {metric.name for metric in METRICS} | {
-        "n",
-        "per_class",
-        "ci",
-        "operating_point",
-        "data_version",
-        "run_id",
-    }
-    assert set(m["ci"]) == {metric.name for metric in METRICS if metric.ci}
+    split_keys = {metric.name for metric in METRICS} | {"n", "groups", "per_class", "ci"}
+    assert set(m) == split_keys | {"validation", "operating_point", "data_version", "run_id"}
+    assert set(m["validation"]) == split_keys
+    model = keras.models.load_model(evaluated["model"])
+    for split, scored in (("test", m), ("val", m["validation"])):
+        x, y = load_split(cache_dir, split)
+        again = classification_metrics(y, predict_proba(model, x), evaluated["classes"])
+        assert {k: scored[k] for k in again} == again, split  # the split's own images, nothing else
+        assert scored["groups"] == pd.read_csv(cache_dir / f"{split}.csv")["group"].nunique()
+        assert set(scored["ci"]) == {metric.name for metric in METRICS if metric.ci}
+        assert {"balanced_accuracy", "roc_auc_macro", "ece"} <= set(scored["ci"])
+        for name, ci in scored["ci"].items():  # each interval holds its point estimate, or says it collapsed
+            assert ci["collapsed"] or ci["low"] <= scored[name] <= ci["high"], (split, name)
     assert (m["covid_sensitivity"], m["covid_specificity"]) == (
         m["per_class"]["COVID"]["recall"],
         m["per_class"]["COVID"]["specificity"],
     )
     assert set(m["per_class"]["COVID"]) == {"precision", "recall", "specificity", "f1", "support", "roc_auc", "pr_auc"}
-    for name, ci in m["ci"].items():  # each interval holds its point estimate
-        assert ci["low"] <= m[name] <= ci["high"], name
-    # the threshold reaches the target on the validation split, recomputed from the saved model
-    import keras
-
+    # the threshold is scored on the validation split, recomputed from the saved model
     x_val, y_val = load_split(cache_dir, "val")
-    p_covid = predict_proba(keras.models.load_model(evaluated["model"]), x_val)[:, 0]
+    p_covid = predict_proba(model, x_val)[:, 0]
     op = m["operating_point"]
     assert np.mean(p_covid[y_val == 0] >= op["threshold"]) == pytest.approx(op["val_sensitivity"])
-    assert op["val_sensitivity"] >= 0.95
-    assert set(op) == {
-        "threshold",
-        "target_sensitivity",
-        "val_sensitivity",
-        "val_specificity",
-        "sensitivity",
-        "specificity",
+    assert op["rule"] == "lower_bound" and op["val_positives"] == int((y_val == 0).sum())
+    x, y = load_split(cache_dir, "test")
+    called = predict_proba(model, x)[:, 0] >= op["threshold"]
+    found, positives = int(called[y == 0].sum()), int((y == 0).sum())
+    exact = binomtest(found, positives).proportion_ci(confidence_level=0.95, method="exact")
+    assert op["sensitivity"] == pytest.approx(found / positives) and op["positives"] == positives
+    assert op["ci"]["sensitivity"] == {
+        "low": pytest.approx(exact.low, abs=1e-6),
+        "high": pytest.approx(exact.high, abs=1e-6),
     }
 
 
@@ -134,11 +146,20 @@ def test_evaluate_writes_tables_plots_gallery_and_card(evaluated):
     assert {p.stem for p in (out / "evaluate" / "pr").glob("*.csv")} == set(evaluated["classes"])
     assert (out / "gradcam" / "index.md").is_file() and (out / "gradcam" / "COVID.png").is_file()
     card = (out / "model_card.md").read_text()
-    ci = m["ci"]["macro_f1"]
-    assert f"| Macro F1 | {m['macro_f1']:.3f} | [{ci['low']:.3f}, {ci['high']:.3f}] |" in card
-    for metric in METRICS:  # every metric of the registry has its row
-        assert f"| {metric.title} | {m[metric.name]:.3f} |" in card, metric.name
-    assert f"p(COVID) ≥ **{m['operating_point']['threshold']:.3f}**" in card
+    val, ci = m["validation"], m["ci"]["macro_f1"]
+    span = "collapsed" if ci["collapsed"] else f"[{ci['low']:.3f}, {ci['high']:.3f}]"
+    assert f"| Macro F1 | {val['macro_f1']:.3f} | {m['macro_f1']:.3f} | {span} |" in card
+    for metric in METRICS:  # every metric of the registry has its row: validation, then test
+        assert f"| {metric.title} | {val[metric.name]:.3f} | {m[metric.name]:.3f} |" in card, metric.name
+    # the served rule leads, before any argmax number, with its exact intervals
+    op = m["operating_point"]
+    served = card.index("## The served rule")
+    assert served < card.index("## Metrics of the argmax rule") and "argmax" not in card[:served]
+    assert f"p(COVID) ≥ **{op['threshold']:.3f}**" in card
+    sens = op["ci"]["sensitivity"]
+    assert f"**sensitivity {op['sensitivity']:.3f}** [{sens['low']:.3f}, {sens['high']:.3f}]" in card
+    # the split of this test's cache has no patient ids: the card does not say it was grouped by patient
+    assert "by patient" not in card and "the source has no patient ids" in card
     assert m["data_version"] in card and "paediatric" in card and "synthetic" in card
     assert "| total | " in card and "Clopper-Pearson" in card
 
@@ -150,6 +171,9 @@ def test_evaluate_logs_everything_and_the_servable_model_to_the_run(evaluated, m
     logged = run.data.metrics
     assert logged["test.ci.macro_f1.low"] == m["ci"]["macro_f1"]["low"]
     assert all(logged[f"test.{metric.name}"] == m[metric.name] for metric in METRICS)
+    assert all(logged[f"val.{metric.name}"] == m["validation"][metric.name] for metric in METRICS)
+    assert logged["val.ci.macro_f1.high"] == m["validation"]["ci"]["macro_f1"]["high"]
+    assert not any(key.startswith("test.validation.") for key in logged)
     # the settings it read, as tags (MLflow params cannot change; a run is evaluated again when only they do)
     assert {k: v for k, v in run.data.tags.items() if k.startswith("evaluate.")} == {
         f"evaluate.{k}": str(v) for k, v in CFG.model_dump().items()

@@ -421,8 +421,9 @@ def test_a_bad_value_in_an_experiment_is_refused_the_same_way(repo, first_repro,
     assert outputs(repo) == before
 
 
-def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, first_repro):
-    sh(repo, "dvc", "exp", "run", "--queue", "-S", "model=cnn,vgg16", "-S", "train.epochs=2")
+def run_queue(repo: Path, *settings: str) -> list[dict]:
+    """Queue ``dvc exp run --queue -S …`` and run it; the experiments' data of ``dvc exp show``."""
+    sh(repo, "dvc", "exp", "run", "--queue", *itertools.chain.from_iterable(("-S", s) for s in settings))
     sh(repo, "dvc", "queue", "start", "--jobs", "1")
     deadline = time.time() + 900
     while time.time() < deadline:
@@ -432,12 +433,12 @@ def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, firs
         time.sleep(5)
     assert "Failed" not in status, status
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
-    experiments = [
-        exp["revs"][0]["data"]
-        for baseline in shown
-        for exp in (baseline.get("experiments") or [])
-        if exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
-    ]
+    return [exp["revs"][0]["data"] for baseline in shown for exp in (baseline.get("experiments") or [])]
+
+
+def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, first_repro):
+    shown = run_queue(repo, "model=cnn,vgg16", "train.epochs=2")
+    experiments = [e for e in shown if e["params"]["params.yaml"]["data"]["train"]["epochs"] == 2]
     assert sorted(e["params"]["params.yaml"]["data"]["model"] for e in experiments) == ["cnn", "vgg16"]
     for e in experiments:
         assert 0 <= e["metrics"]["metrics/evaluate.json"]["data"]["macro_f1"] <= 1
@@ -447,6 +448,26 @@ def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, firs
     assert sorted(r.data.tags["model"] for r in queued) == ["cnn", "vgg16"]
     assert all(r.data.tags["dvc_exp_name"] and r.info.run_name == r.data.tags["dvc_exp_name"] for r in queued)
     assert all("test.macro_f1" in r.data.metrics for r in queued)
+
+
+def test_a_training_seed_sweep_keeps_one_data_version_and_one_leaderboard_group(repo, first_repro):
+    """`dvc exp run --queue -S train.seed=1,2`: the data (split.seed is still seed) stays, and the
+    leaderboard puts the two runs, which differ only in train.seed, in one group with mean ± sd."""
+    shown = run_queue(repo, "train.seed=1,2", "train.epochs=3")
+    seeded = [e for e in shown if e["params"]["params.yaml"]["data"]["train"]["seed"] in (1, 2)]
+    assert len(seeded) == 2
+    versions = {e["metrics"]["metrics/evaluate.json"]["data"]["data_version"] for e in seeded}
+    assert versions == {metrics(repo, "split")["data_version"]}
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("chestxray").experiment_id], "params.`train.epochs` = '3'")
+    assert sorted(r.data.params["train.seed"] for r in runs) == ["1", "2"]
+    val = [r.data.metrics["val.macro_f1"] for r in runs]
+    last = max(seeded, key=lambda e: len(e["metrics"]["metrics/compare.json"]["data"]["leaderboard"]))
+    groups = last["metrics"]["metrics/compare.json"]["data"]["seed_groups"]
+    [group] = [g for g in groups if set(g["runs"]) == {r.info.run_id for r in runs}]
+    assert group["n"] == 2 and group["model"] == "cnn"
+    assert group["validation"]["mean"] == pytest.approx(np.mean(val), abs=1e-6)
+    assert group["validation"]["sd"] == pytest.approx(np.std(val, ddof=1), abs=1e-6)
 
 
 def test_exp_run_on_kaggle_downloads_with_the_real_client_and_runs_everything(tmp_path, radiography_zip, monkeypatch):

@@ -210,53 +210,102 @@ COVID_CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 
 
 def random_predictions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed, imperfect classifier's predictions: 80 % right."""
+    """A fixed, imperfect classifier's probabilities: the true class most probable 80 % of the time."""
     rng = np.random.default_rng(seed)
     y_true = rng.integers(0, 3, n)
     y_pred = np.where(rng.random(n) < 0.8, y_true, rng.integers(0, 3, n))
-    return y_true, y_pred
+    y_prob = rng.dirichlet(np.ones(3), n) * 0.5
+    y_prob[np.arange(n), y_pred] += 0.5
+    return y_true, y_prob
 
 
-def test_bootstrap_ci_equals_resampling_by_hand() -> None:
-    y_true, y_pred = random_predictions(60, seed=3)
-    ci = bootstrap_ci(y_true, y_pred, COVID_CLASSES, resamples=200, seed=11)
+def singletons(n: int) -> list[str]:
+    """Every image its own group, named so that sorted order is image order."""
+    return [f"g{i:05d}" for i in range(n)]
+
+
+def by_hand(y_true: np.ndarray, y_prob: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+    """Each interval metric of the images ``rows`` (repeats counted), with sklearn."""
+    t, prob = y_true[rows], y_prob[rows]
+    p = prob.argmax(axis=1)
+    present = [c for c in range(3) if (t == c).any() and (t != c).any()]
+    table = reliability(t, prob, 10)
+    return {
+        "macro_f1": skm.f1_score(t, p, labels=np.union1d(t, p), average="macro", zero_division=0),
+        "accuracy": skm.accuracy_score(t, p),
+        "balanced_accuracy": skm.balanced_accuracy_score(t, p),
+        "roc_auc_macro": np.mean([skm.roc_auc_score(t == c, prob[:, c]) for c in present]),
+        "covid_sensitivity": np.mean(p[t == 0] == 0),
+        "covid_specificity": np.mean(p[t != 0] != 0),
+        "ece": expected_calibration_error(table),
+    }
+
+
+def test_bootstrap_ci_equals_resampling_images_by_hand() -> None:
+    """Every image its own group: the plain bootstrap, every interval metric recomputed with sklearn."""
+    y_true, y_prob = random_predictions(60, seed=3)
+    ci = bootstrap_ci(y_true, y_prob, singletons(60), COVID_CLASSES, resamples=200, seed=11)
     idx = np.random.default_rng(11).integers(0, 60, size=(200, 60))
-    stats = {"accuracy": [], "macro_f1": [], "covid_sensitivity": [], "covid_specificity": []}
-    for rows in idx:
-        t, p = y_true[rows], y_pred[rows]
-        stats["accuracy"].append(skm.accuracy_score(t, p))
-        stats["macro_f1"].append(skm.f1_score(t, p, labels=np.union1d(t, p), average="macro", zero_division=0))
-        stats["covid_sensitivity"].append(np.mean(p[t == 0] == 0))
-        stats["covid_specificity"].append(np.mean(p[t != 0] != 0))
-    for name, values in stats.items():
-        low, high = np.percentile(values, [2.5, 97.5])
-        assert ci[name] == {"low": approx(low), "high": approx(high)}, name
+    stats = [by_hand(y_true, y_prob, rows) for rows in idx]
+    assert set(ci) == {"macro_f1", "accuracy", "balanced_accuracy", "roc_auc_macro", "covid_sensitivity",
+                       "covid_specificity", "ece"}  # fmt: skip
+    for name in ci:
+        low, high = np.percentile([s[name] for s in stats], [2.5, 97.5])
+        assert ci[name] == {"low": approx(low), "high": approx(high), "collapsed": False}, name
+
+
+def test_bootstrap_draws_whole_groups() -> None:
+    """Groups of 3 images: a resample draws 20 groups with replacement and takes each one's 3 images."""
+    y_true, y_prob = random_predictions(60, seed=4)
+    groups = [f"g{i // 3:03d}" for i in range(60)]
+    ci = bootstrap_ci(y_true, y_prob, groups, COVID_CLASSES, resamples=200, seed=5)
+    drawn = np.random.default_rng(5).integers(0, 20, size=(200, 20))
+    stats = [by_hand(y_true, y_prob, (3 * picks[:, None] + np.arange(3)).ravel()) for picks in drawn]
+    for name in ci:
+        low, high = np.percentile([s[name] for s in stats], [2.5, 97.5])
+        assert ci[name] == {"low": approx(low), "high": approx(high), "collapsed": False}, name
+
+
+def test_groups_of_copies_widen_the_interval_as_they_should() -> None:
+    """Five copies of each of 200 images are 200 independent cases, not 1,000: the group bootstrap's
+    interval is as wide as the 200 images' own, the image-level one about sqrt(5) times too narrow."""
+    y_true, y_prob = random_predictions(200, seed=6)
+    copies = np.repeat(np.arange(200), 5)
+    width = {}
+    for name, groups in (("cases", singletons(200)), ("grouped", copies.astype(str)), ("images", singletons(1000))):
+        rows = np.arange(200) if name == "cases" else copies
+        ci = bootstrap_ci(y_true[rows], y_prob[rows], groups, COVID_CLASSES, 2000, seed=1)["accuracy"]
+        width[name] = ci["high"] - ci["low"]
+    assert width["grouped"] == pytest.approx(width["cases"], rel=0.15)
+    assert width["grouped"] / width["images"] == pytest.approx(5**0.5, rel=0.2)
 
 
 def test_each_ci_contains_its_point_estimate_and_is_seeded() -> None:
-    y_true, y_pred = random_predictions(300, seed=5)
-    ci = bootstrap_ci(y_true, y_pred, COVID_CLASSES, resamples=1000, seed=42)
-    point = classification_metrics(y_true, np.eye(3)[y_pred], COVID_CLASSES)
-    assert set(ci) == {"accuracy", "macro_f1", "covid_sensitivity", "covid_specificity"}
+    y_true, y_prob = random_predictions(300, seed=5)
+    ci = bootstrap_ci(y_true, y_prob, singletons(300), COVID_CLASSES, resamples=1000, seed=42)
+    point = classification_metrics(y_true, y_prob, COVID_CLASSES)
     for name in ci:
         assert ci[name]["low"] < point[name] < ci[name]["high"], name
         assert ci[name]["high"] - ci[name]["low"] < 0.2, name  # 300 images: a few points either side
-    assert bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=42) == ci
-    assert bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=43) != ci
+    assert bootstrap_ci(y_true, y_prob, singletons(300), COVID_CLASSES, 1000, seed=42) == ci
+    assert bootstrap_ci(y_true, y_prob, singletons(300), COVID_CLASSES, 1000, seed=43) != ci
 
 
 def test_bootstrap_in_chunks_gives_the_same_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
     """Memory stays bounded at any resample count, and the intervals do not depend on the chunking."""
-    y_true, y_pred = random_predictions(301, seed=7)
-    whole = bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=42)
+    y_true, y_prob = random_predictions(301, seed=7)
+    whole = bootstrap_ci(y_true, y_prob, singletons(301), COVID_CLASSES, 1000, seed=42)
     monkeypatch.setattr(metrics_module, "BOOTSTRAP_CHUNK", 301 * 7)  # 7 resamples per chunk, the last one short
-    assert bootstrap_ci(y_true, y_pred, COVID_CLASSES, 1000, seed=42) == whole
+    assert bootstrap_ci(y_true, y_prob, singletons(301), COVID_CLASSES, 1000, seed=42) == whole
 
 
-def test_ci_of_perfect_predictions_is_a_point() -> None:
+def test_an_interval_every_resample_agrees_on_is_reported_collapsed() -> None:
+    """Perfect predictions: every resample scores 1, and [1, 1] would claim a certainty the data lacks."""
     y = np.array([0, 1, 2, 0, 1, 2, 0])  # resamples that miss a class still score 1
-    ci = bootstrap_ci(y, y, COVID_CLASSES, resamples=1000, seed=0)
-    assert all(ci[name] == {"low": 1.0, "high": 1.0} for name in ci)
+    ci = bootstrap_ci(y, np.eye(3)[y] * 0.9 + 0.1 / 3, singletons(7), COVID_CLASSES, resamples=1000, seed=0)
+    collapsed = {"low": None, "high": None, "collapsed": True}
+    assert all(ci[name] == collapsed for name in ci if name != "ece")
+    assert ci["ece"]["collapsed"] is True  # every resample: confidence 0.933, all right
 
 
 # Validation COVID scores: 5 positives, 4 negatives

@@ -1,6 +1,7 @@
-"""The evaluate stage: the trained model scored on the test split (the operating point chosen on
-validation), its predictions, curves and plots, the Grad-CAM gallery, the model card, and all of it
-with the servable model on the training run in MLflow."""
+"""The evaluate stage: the trained model scored on the validation split (what compare chooses by) and
+on the test split (reported, never chosen by), the operating point chosen on validation, the test
+predictions, curves and plots, the Grad-CAM gallery, the model card, and all of it with the servable
+model on the training run in MLflow."""
 
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, Any]:
-    """Score ``root``'s trained model on the test split of its cache; write ``metrics/evaluate.json``,
-    the tables and plots of ``reports/evaluate/``, the Grad-CAM gallery and the model card; log them,
-    the evaluate settings (as tags: a run is evaluated again when only they change, and MLflow params
-    cannot change) and the servable model to the training run."""
+    """Score ``root``'s trained model on the validation and test splits of its cache; write
+    ``metrics/evaluate.json`` (test metrics at the top, ``validation``, ``operating_point``), the
+    tables and plots of ``reports/evaluate/``, the Grad-CAM gallery and the model card; log them
+    (``test.*``, ``val.*``), the evaluate settings (as tags: a run is evaluated again when only they
+    change, and MLflow params cannot change) and the servable model to the training run."""
     # Imported here: they load TensorFlow; models also registers the custom layer and the focal
     # loss that load_model needs.
     import keras
@@ -45,14 +47,17 @@ def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, A
     x_val, y_val = load_split(cache_dir, "val")
     x, y = load_split(cache_dir, "test")
     prob_val, prob = predict_proba(model, x_val), predict_proba(model, x)
+    rows = {split: pd.read_csv(cache_dir / f"{split}.csv", keep_default_na=False) for split in ("val", "test")}
     metrics = {
-        **classification_metrics(y, prob, classes, cfg.calibration_bins),
-        "ci": bootstrap_ci(y, prob.argmax(axis=1), classes, cfg.bootstrap, cfg.seed),
-        "operating_point": operating_point(y_val, prob_val, y, prob, classes, cfg.target_sensitivity),
+        **split_metrics(y, prob, rows["test"]["group"], classes, cfg),
+        "validation": split_metrics(y_val, prob_val, rows["val"]["group"], classes, cfg),
+        "operating_point": operating_point(
+            y_val, prob_val, y, prob, classes, cfg.target_sensitivity, cfg.threshold_rule
+        ),
         "data_version": run["data_version"],
         "run_id": run["run_id"],
     }
-    images = pd.read_csv(cache_dir / "test.csv", keep_default_na=False)["path"]
+    images = rows["test"]["path"]
     write_plots(y, prob, classes, images, metrics, cfg.calibration_bins, root)
     gallery(model, x, y, prob, classes, images, root / paths.GRADCAM_DIR, cfg.gradcam_images)
     records = (read_json(root / path) for path in (paths.TRAIN_JSON, paths.SPLIT_JSON, paths.DOWNLOAD_JSON))
@@ -63,29 +68,41 @@ def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, A
         write_json(evaluate_json, metrics)
         with tracking.run(run_id=run["run_id"]):
             tracking.set_tags(flatten({"evaluate": cfg.model_dump()}))
-            tracking.log_metrics(metrics, prefix="test.")
+            tracking.log_metrics({k: v for k, v in metrics.items() if k != "validation"}, prefix="test.")
+            tracking.log_metrics(metrics["validation"], prefix="val.")
             for path, artifact_path in (
                 (paths.EVALUATE_DIR, "evaluate"),
                 (paths.GRADCAM_DIR, "gradcam"),
                 (paths.MODEL_CARD_MD, None),
             ):
                 tracking.log_artifacts(root / path, artifact_path)
-            threshold = metrics["operating_point"]["threshold"]
-            serving.log_model(model_dir / "model.keras", classes, run["image_size"], threshold)
+            serving.log_model(model_dir / "model.keras", classes, run["image_size"], metrics["operating_point"])
     op = metrics["operating_point"]
     log.info(
-        "test: accuracy %.4f, macro-F1 %.4f [%.4f, %.4f] on %d images; at COVID threshold %.4f: sensitivity %s,"
-        " specificity %s",
-        metrics["accuracy"],
+        "validation macro-F1 %s on %d images; test macro-F1 %s on %d images; at p(COVID) >= %.4f (rule %s):"
+        " test sensitivity %s, specificity %s",
+        metrics["validation"]["macro_f1"],
+        metrics["validation"]["n"],
         metrics["macro_f1"],
-        metrics["ci"]["macro_f1"]["low"],
-        metrics["ci"]["macro_f1"]["high"],
         metrics["n"],
         op["threshold"],
+        op["rule"],
         op["sensitivity"],
         op["specificity"],
     )
     return metrics
+
+
+def split_metrics(
+    y: np.ndarray, prob: np.ndarray, groups: Sequence[str], classes: Sequence[str], cfg: EvaluateSettings
+) -> dict[str, Any]:
+    """Every metric of one split (argmax rule), its number of groups, and the cluster-bootstrap CIs
+    over those groups."""
+    return {
+        **classification_metrics(y, prob, classes, cfg.calibration_bins),
+        "groups": int(pd.Series(groups).nunique()),
+        "ci": bootstrap_ci(y, prob, groups, classes, cfg.bootstrap, cfg.seed, cfg.calibration_bins),
+    }
 
 
 def write_plots(

@@ -7,13 +7,15 @@ shows it. Ranking (``compare.metric``), the intervals, the leaderboard and the m
 from it, so adding a metric is one function and one entry here.
 
 A metric computed from confusion matrices (``counts``) works on a stack of them at once, which is
-what the bootstrap resamples; only those can have an interval. The others (``scores``) need the
-probabilities. Values are JSON-ready: floats rounded to 6 decimals, None where undefined.
+what the bootstrap resamples. The others (``scores``) need the probabilities; one with an interval
+also has ``stack``: its value for a stack of resamples, each given as a weight per image (how often
+it was drawn). Values are JSON-ready: floats rounded to 6 decimals, None where undefined.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +30,13 @@ from chestxray.tasks import COVID
 
 @dataclass(frozen=True)
 class Scores:
-    """What a probability-based metric sees: true labels, probabilities (N, k), calibration bins."""
+    """What a probability-based metric sees: true labels, probabilities (N, k), calibration bins, and
+    for ``Metric.stack`` the resamples' weights (R, N)."""
 
     y_true: np.ndarray
     y_prob: np.ndarray
     bins: int
+    weights: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Metric:
     title: str
     counts: Callable[[np.ndarray, int], np.ndarray] | None = None  # (confusion matrices (..., k, k), positive) → (...)
     scores: Callable[[Scores], float | None] | None = None
+    stack: Callable[[Scores], np.ndarray] | None = None  # scores of R weighted resamples → (R,), NaN if undefined
     higher_is_better: bool = True
     ci: bool = False
     leaderboard: bool = False
@@ -146,6 +151,39 @@ def reliability(y_true: np.ndarray, y_prob: np.ndarray, bins: int) -> pd.DataFra
     )
 
 
+def _weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One-vs-rest ROC-AUC of each row of image ``weights`` (R, N): the weighted share of
+    (positive, negative) pairs ranked right, ties counting 1/2 (sklearn's roc_auc_score with
+    sample_weight); NaN for a row without positives or negatives."""
+    order = np.argsort(scores, kind="stable")
+    ties = np.flatnonzero(np.r_[True, np.diff(scores[order]) != 0])  # first position of each distinct score
+    w, pos = weights[:, order], positive[order]
+    pos_w, neg_w = (np.add.reduceat(w * side, ties, axis=1) for side in (pos, ~pos))
+    below = np.cumsum(neg_w, axis=1) - neg_w  # negatives' weight under each distinct score
+    pairs = pos_w.sum(axis=1) * neg_w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (pos_w * (below + neg_w / 2)).sum(axis=1) / pairs, np.nan)
+
+
+def _macro_auc_stack(s: Scores) -> np.ndarray:
+    """``roc_auc_macro`` of each weighted resample: the mean over the classes it has both sides of."""
+    aucs = np.stack([_weighted_auc(s.y_true == i, s.y_prob[:, i], s.weights) for i in range(s.y_prob.shape[1])])
+    with warnings.catch_warnings():  # a resample with no class on both sides: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(aucs, axis=0)
+
+
+def _ece_stack(s: Scores) -> np.ndarray:
+    """``ece`` of each weighted resample: Σ over bins |Σ weight · (correct − confidence)| / Σ weight,
+    with the bins of ``reliability``."""
+    confidence = s.y_prob.max(axis=1)
+    gap = (s.y_prob.argmax(axis=1) == s.y_true) - confidence
+    edges = np.linspace(0.0, 1.0, s.bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, s.bins - 1)
+    per_bin = s.weights @ (np.eye(s.bins)[which] * gap[:, None])  # (R, bins)
+    return np.abs(per_bin).sum(axis=1) / s.weights.sum(axis=1)
+
+
 def expected_calibration_error(table: pd.DataFrame) -> float:
     """Σ (bin share) · |accuracy − confidence| over the non-empty bins of a ``reliability`` table."""
     filled = table[table["count"] > 0]
@@ -155,12 +193,14 @@ def expected_calibration_error(table: pd.DataFrame) -> float:
 METRICS: tuple[Metric, ...] = (  # in the leaderboard's column order
     Metric("macro_f1", "Macro F1", counts=macro_f1, ci=True, leaderboard=True),
     Metric("accuracy", "Accuracy", counts=accuracy, ci=True, leaderboard=True),
-    Metric("balanced_accuracy", "Balanced acc.", counts=balanced_accuracy, leaderboard=True),
+    Metric("balanced_accuracy", "Balanced acc.", counts=balanced_accuracy, ci=True, leaderboard=True),
     Metric("weighted_f1", "Weighted F1", counts=lambda cm, _: _weighted(_f1(cm, 0.0), cm), leaderboard=True),
     Metric(
         "roc_auc_macro",
         "ROC-AUC (macro)",
         scores=lambda s: _mean_defined(one_vs_rest(s.y_true, s.y_prob, skm.roc_auc_score)),
+        stack=_macro_auc_stack,
+        ci=True,
         leaderboard=True,
     ),
     Metric("covid_sensitivity", f"{COVID} sens.", counts=covid_sensitivity, ci=True, leaderboard=True),
@@ -169,7 +209,9 @@ METRICS: tuple[Metric, ...] = (  # in the leaderboard's column order
         "ece",
         "ECE",
         scores=lambda s: expected_calibration_error(reliability(s.y_true, s.y_prob, s.bins)),
+        stack=_ece_stack,
         higher_is_better=False,
+        ci=True,
         leaderboard=True,
     ),
     Metric(
@@ -235,29 +277,46 @@ def classification_metrics(
     return {**values, "n": len(y_true), "per_class": per_class}
 
 
-BOOTSTRAP_CHUNK = 1 << 22  # indices drawn at once: two int64 arrays of this size, 64 MB
+BOOTSTRAP_CHUNK = 1 << 22  # group or image weights drawn at once: a few float arrays of this size, 32 MB each
 
 
 def bootstrap_ci(
-    y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], resamples: int, seed: int, level: float = 0.95
-) -> dict[str, dict[str, float | None]]:
-    """Percentile bootstrap intervals of the metrics with ``ci``: the images resampled with
-    replacement ``resamples`` times (seeded), one confusion matrix per resample. The resamples are
-    drawn in chunks of about ``BOOTSTRAP_CHUNK`` indices, so memory stays bounded at any count."""
-    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    k, n = len(classes), len(y_true)
-    rng, rows = np.random.default_rng(seed), max(1, BOOTSTRAP_CHUNK // max(n, 1))
-    cm = np.empty((resamples, k, k))
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    groups: Sequence[str],
+    classes: Sequence[str],
+    resamples: int,
+    seed: int,
+    bins: int = 10,
+    level: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Percentile cluster-bootstrap intervals of the metrics with ``ci``: the split's groups (``groups``,
+    one per image: patients, duplicate groups or single images) drawn with replacement ``resamples``
+    times (seeded), each drawn group bringing all its images. An interval whose resamples all gave one
+    value is ``collapsed`` (low and high None): the data cannot bound it, which [1, 1] would hide.
+    Resamples are drawn in chunks of about ``BOOTSTRAP_CHUNK`` weights, so memory stays bounded."""
+    y_true, y_prob = _check(y_true, y_prob, classes)
+    names, group = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    k, g, n = len(classes), len(names), len(y_true)
+    per_group = np.zeros((g, k * k))  # each group's images' confusion counts
+    np.add.at(per_group, (group, y_true * k + y_prob.argmax(axis=1)), 1)
+    positive, chosen = list(classes).index(COVID), [m for m in METRICS if m.ci]
+    values = {m.name: np.empty(resamples) for m in chosen}
+    rng, rows = np.random.default_rng(seed), max(1, BOOTSTRAP_CHUNK // max(g, n, 1))
     for start in range(0, resamples, rows):
         count = min(rows, resamples - start)
-        idx = rng.integers(0, n, size=(count, n))
-        codes = (y_true[idx] * k + y_pred[idx]) + (np.arange(count) * k * k)[:, None]
-        cm[start : start + count] = np.bincount(codes.ravel(), minlength=count * k * k).reshape(count, k, k)
-    positive, tail = list(classes).index(COVID), (1 - level) / 2 * 100
-    out = {}
-    for metric in (m for m in METRICS if m.ci):
-        low, high = np.nanpercentile(metric.counts(cm, positive), [tail, 100 - tail])
-        out[metric.name] = {"low": number(low), "high": number(high)}
+        drawn = rng.integers(0, g, size=(count, g)) + (np.arange(count) * g)[:, None]
+        times = np.bincount(drawn.ravel(), minlength=count * g).reshape(count, g).astype(float)
+        cm = (times @ per_group).reshape(count, k, k)
+        for m in chosen:
+            stack = m.counts(cm, positive) if m.counts else m.stack(Scores(y_true, y_prob, bins, times[:, group]))
+            values[m.name][start : start + count] = stack
+    tail = (1 - level) / 2 * 100
+    out: dict[str, dict[str, Any]] = {}
+    for name, drawn_values in values.items():
+        low, high = (number(v) for v in np.nanpercentile(drawn_values, [tail, 100 - tail]))
+        collapsed = low is not None and low == high
+        out[name] = {"low": None if collapsed else low, "high": None if collapsed else high, "collapsed": collapsed}
     return out
 
 

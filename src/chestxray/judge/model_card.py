@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scipy.stats import binomtest
-
 from chestxray.judge.metrics import METRICS
 from chestxray.tasks import COVID
 
@@ -44,8 +42,10 @@ def render(
     download: Mapping[str, Any],
     resamples: int,
 ) -> str:
-    """The card as Markdown, from run.json, evaluate.json, train.json, split.json, download.json."""
-    op = metrics["operating_point"]
+    """The card as Markdown, from run.json, evaluate.json, train.json, split.json, download.json. It
+    leads with the served rule (the operating point); the metric tables are the argmax rule's, on
+    validation (what compare chooses by) and on test (reported once)."""
+    val = metrics["validation"]
     lines = [
         f"# Model card: {run['model']}",
         "",
@@ -66,22 +66,36 @@ def render(
         "",
         "## Data",
         f"- Source: {_source(download)}.",
-        f"- Data version (hash of the split table): `{split['data_version']}`.",
+        f"- Data version (hash of the split table, with every image's sha256): `{split['data_version']}`.",
         (
-            f"- Split: stratified by class and grouped by patient (else by duplicate group),"
-            f" {split['groups']:,} groups; across splits {split['leakage']['exact_pairs']} exact and"
-            f" {split['leakage']['near_pairs']} near-duplicate pairs."
+            f"- Split: stratified by class, {_grouping(split['grouping'])}; {split['groups']:,} groups; across splits"
+            f" {split['leakage']['exact_pairs']} exact and {split['leakage']['near_pairs']} near-duplicate pairs."
         ),
         "",
         *_counts_table(split["counts"], run["classes"]),
         "",
-        f"## Test metrics (n = {metrics['n']}, test split only)",
+        "## The served rule",
         "",
-        f"95 % confidence intervals: percentile bootstrap over the test images, {resamples:,} seeded resamples.",
+        *_operating_point(metrics["operating_point"]),
         "",
-        "| metric | value | 95 % CI |",
-        "|---|---|---|",
-        *(_metric_row(m.title, metrics[m.name], metrics["ci"].get(m.name)) for m in METRICS),
+        f"## Metrics of the argmax rule (validation n = {val['n']}, test n = {metrics['n']})",
+        "",
+        (
+            "The most probable class, without the threshold above. The validation column is what the compare stage"
+            " ranks and promotes by; the test column is reported once and decides nothing. 95 % confidence"
+            f" intervals: percentile bootstrap over the split's {_unit(split['grouping'])} ({metrics['groups']:,} in"
+            f" test), {resamples:,} seeded resamples; an interval is *collapsed* when every resample gave the same"
+            " value (too few images to bound it)."
+        ),
+        "",
+        "| metric | validation | test | test 95 % CI |",
+        "|---|---|---|---|",
+        *(
+            f"| {m.title} | {_fmt(val[m.name])} | {_fmt(metrics[m.name])} | {_ci(metrics['ci'].get(m.name))} |"
+            for m in METRICS
+        ),
+        "",
+        "Per class on test (argmax rule):",
         "",
         "| class | precision | sensitivity | specificity | F1 | ROC-AUC | PR-AUC | support |",
         "|---|---|---|---|---|---|---|---|",
@@ -90,19 +104,6 @@ def render(
             + " | ".join(_fmt(m[key]) for key in ("precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"))
             + f" | {m['support']} |"
             for name, m in metrics["per_class"].items()
-        ),
-        "",
-        "## Operating point",
-        "",
-        (
-            f"A case is called {COVID} when p({COVID}) ≥ **{_fmt(op['threshold'])}**; the threshold is the highest"
-            " that reaches"
-            f" sensitivity ≥ {op['target_sensitivity']} on the validation split (validation: sensitivity"
-            f" {_fmt(op['val_sensitivity'])}, specificity {_fmt(op['val_specificity'])}). On the test split it gives"
-            f" **sensitivity {_fmt(op['sensitivity'])}** and **specificity {_fmt(op['specificity'])}**"
-            f" ({COVID} against the rest). Below the threshold the most probable other class is predicted. This is"
-            " the rule `python -m chestxray predict`,"
-            " the served model and the web page apply."
         ),
         "",
         "## Known limitations",
@@ -123,17 +124,71 @@ def render(
     return "\n".join(lines)
 
 
+def _operating_point(op: Mapping[str, Any]) -> list[str]:
+    """The served rule: its threshold, how validation chose it, and its test sensitivity and
+    specificity with exact intervals, first."""
+    ci = op["ci"]
+    rule = (
+        f"the highest threshold at which the one-sided 95 % exact lower bound of validation sensitivity reaches"
+        f" {op['target_sensitivity']}"
+        if op["rule"] == "lower_bound"
+        else f"the highest threshold at which validation sensitivity reaches {op['target_sensitivity']}"
+    )
+    chosen = (
+        f"Validation ({op['val_positives']} {COVID} images): sensitivity {_fmt(op['val_sensitivity'])} (lower bound"
+        f" {_fmt(op['val_sensitivity_lower_bound'])}), specificity {_fmt(op['val_specificity'])}."
+    )
+    if not op["target_met"]:
+        chosen += (
+            f" **The target was not met with confidence**: validation has too few {COVID} images to certify"
+            f" {op['target_sensitivity']}, so the threshold is the one with the highest lower bound (it finds every"
+            f" validation {COVID} image)."
+        )
+    return [
+        (
+            f"A case is called {COVID} when p({COVID}) ≥ **{_fmt(op['threshold'])}**, else the most probable other"
+            " class. This is the rule `python -m chestxray predict`, the served model and the web page apply."
+        ),
+        "",
+        (
+            f"On the test split ({COVID} against the rest, {op['positives']} {COVID} and {op['negatives']} other"
+            f" images): **sensitivity {_fmt(op['sensitivity'])}** {_span(ci['sensitivity'])} and **specificity"
+            f" {_fmt(op['specificity'])}** {_span(ci['specificity'])} (95 % exact Clopper-Pearson intervals)."
+        ),
+        "",
+        f"The threshold is {rule} (`evaluate.threshold_rule: {op['rule']}`). {chosen}",
+    ]
+
+
+def _grouping(grouping: Mapping[str, Any]) -> str:
+    """How the split kept related images together, as measured on the source."""
+    if grouping["by"] == "patient":
+        without = grouping["images_without_patient_id"]
+        return "grouped by patient" + (
+            f" ({without:,} images without a patient id are grouped by duplicate group only)" if without else ""
+        )
+    if grouping["by"] == "duplicate group":
+        return (
+            "grouped by duplicate group only (image-level: the source has no patient ids, so images of one patient"
+            " may sit in different splits; copies and near-copies of an image are kept together)"
+        )
+    return "image-level (the source has no patient ids and no duplicates: every image is its own group)"
+
+
+def _unit(grouping: Mapping[str, Any]) -> str:
+    """What the bootstrap resamples."""
+    if grouping["by"] == "patient":
+        return "groups (patients; images without a patient id by duplicate group)"
+    return "groups (duplicate groups, else single images)" if grouping["by"] == "duplicate group" else "images"
+
+
 def _small_test_split(metrics: Mapping[str, Any]) -> str:
-    """How wide the COVID sensitivity really is: the exact binomial (Clopper-Pearson) interval
-    next to the bootstrap one, which cannot leave 0 or 1 once every resample agrees."""
-    covid = metrics["per_class"][COVID]
-    found, positives = round(covid["recall"] * covid["support"]), covid["support"]
-    exact = binomtest(found, positives).proportion_ci(confidence_level=0.95, method="exact")
+    """How little the test split can tell: the served rule's exact sensitivity interval."""
+    op = metrics["operating_point"]
     return (
-        f"- **Small test split.** {found} of {positives} {COVID} test images found: the bootstrap interval for the"
-        f" sensitivity is {_span(metrics['ci']['covid_sensitivity'])}, the exact binomial (Clopper-Pearson) one"
-        f" [{exact.low:.3f}, {exact.high:.3f}]. Differences between models inside these intervals are noise"
-        " (the compare stage tests the top two with McNemar's test)."
+        f"- **Small test split.** It holds {op['positives']} {COVID} images, so the served rule's test sensitivity"
+        f" is known only to within {_span(op['ci']['sensitivity'])} (95 %, exact). Differences between models inside"
+        " their intervals are noise."
     )
 
 
@@ -160,8 +215,11 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _metric_row(name: str, value: float | None, ci: Mapping[str, float | None] | None = None) -> str:
-    return f"| {name} | {_fmt(value)} | {_span(ci) if ci else ''} |"
+def _ci(ci: Mapping[str, Any] | None) -> str:
+    """A bootstrap interval's cell: the span, 'collapsed', or empty for a metric without one."""
+    if ci is None:
+        return ""
+    return "collapsed" if ci["collapsed"] else _span(ci)
 
 
 def _span(ci: Mapping[str, float | None]) -> str:
