@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from chestxray.errors import UserError
 from chestxray.judge import metrics as metrics_module
 from chestxray.judge.evaluation import pr_curves, roc_curves
 from chestxray.judge.metrics import (
@@ -20,7 +19,6 @@ from chestxray.judge.metrics import (
     expected_calibration_error,
     reliability,
 )
-from chestxray.judge.operating_point import choose_threshold, operating_point
 from chestxray.serve.decision import decide
 
 CLASSES = ["COVID", "B", "C"]  # every task has COVID, the positive class
@@ -306,68 +304,6 @@ def test_an_interval_every_resample_agrees_on_is_reported_collapsed() -> None:
     collapsed = {"low": None, "high": None, "collapsed": True}
     assert all(ci[name] == collapsed for name in ci if name != "ece")
     assert ci["ece"]["collapsed"] is True  # every resample: confidence 0.933, all right
-
-
-# Validation COVID scores: 5 positives, 4 negatives
-VAL_POS = [0.9, 0.8, 0.7, 0.4, 0.2]
-VAL_NEG = [0.6, 0.3, 0.1, 0.05]
-
-
-def val_set() -> tuple[np.ndarray, np.ndarray]:
-    scores = np.array(VAL_POS + VAL_NEG)
-    y = np.array([0] * 5 + [1] * 4)
-    return y, np.column_stack([scores, 1 - scores])
-
-
-@pytest.mark.parametrize(
-    ("target", "threshold", "val_spec"), [(0.8, 0.4, 3 / 4), (0.6, 0.7, 1.0), (1.0, 0.2, 1 / 2), (0.95, 0.2, 1 / 2)]
-)
-def test_operating_point_is_the_highest_threshold_reaching_the_target_on_validation(
-    target, threshold, val_spec
-) -> None:
-    y_val, prob_val = val_set()
-    # test: COVID scores 0.5, 0.3 (positives), 0.45, 0.1 (negatives)
-    test_scores = np.array([0.5, 0.3, 0.45, 0.1])
-    y_test = np.array([0, 0, 1, 1])
-    op = operating_point(
-        y_val, prob_val, y_test, np.column_stack([test_scores, 1 - test_scores]), ["COVID", "non-COVID"], target
-    )
-    assert op["threshold"] == approx(threshold)
-    assert op["val_sensitivity"] >= target and op["val_specificity"] == approx(val_spec)
-    assert op["sensitivity"] == approx(np.mean(test_scores[:2] >= threshold))
-    assert op["specificity"] == approx(np.mean(test_scores[2:] < threshold))
-    # any higher threshold misses the target on validation
-    above = min(s for s in VAL_POS + VAL_NEG if s > threshold) if threshold < 0.9 else 1.0
-    assert np.mean(np.array(VAL_POS) >= above) < target
-
-
-def test_operating_point_reaches_the_target_on_random_validation_scores() -> None:
-    rng = np.random.default_rng(0)
-    positive = rng.random(500) < 0.2
-    scores = np.clip(rng.normal(np.where(positive, 0.7, 0.3), 0.15), 0, 1)
-    for target in (0.8, 0.9, 0.95, 0.99):
-        t = choose_threshold(positive, scores, target)
-        assert np.mean(scores[positive] >= t) >= target
-        assert np.mean(scores[positive] > t) < target  # the next threshold up would miss it
-
-
-def test_the_reported_threshold_is_the_one_that_reaches_the_target() -> None:
-    """Scores with many decimals: a threshold rounded up to 0.944226 would miss the lowest positive
-    it was chosen to catch (0.94422596…), so the served rule would not reach the target; the
-    threshold is kept exact, and applying it gives exactly the reported sensitivities."""
-    positives = [0.9442259609341371, 0.96, 0.97, 0.98, 0.99] * 4 + [0.18]
-    scores = np.array([*positives, 0.5, 0.3, 0.1])
-    y_val = np.array([0] * len(positives) + [1] * 3)
-    prob_val = np.column_stack([scores, 1 - scores])
-    op = operating_point(y_val, prob_val, y_val, prob_val, ["COVID", "non-COVID"], 0.95)
-    assert op["threshold"] == 0.9442259609341371
-    assert np.mean(scores[y_val == 0] >= op["threshold"]) == pytest.approx(op["val_sensitivity"]) == 20 / 21
-    assert decide(prob_val, ["COVID", "non-COVID"], op["threshold"]).tolist()[:5] == [0] * 5
-
-
-def test_operating_point_needs_covid_in_validation() -> None:
-    with pytest.raises(UserError, match="no COVID images"):
-        choose_threshold(np.zeros(4, bool), np.array([0.1, 0.2, 0.3, 0.4]), 0.95)
 
 
 def test_decision_at_the_operating_point() -> None:
