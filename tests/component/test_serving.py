@@ -22,14 +22,37 @@ import pytest
 from mlflow import MlflowClient
 
 import chestxray.learn.models  # noqa: F401  (registers the custom layer)
+from chestxray import tracking
 from chestxray.data.cache import cache_meta
 from chestxray.data.images import load_gray
 from chestxray.errors import UserError
+from chestxray.judge.operating_point import exact_interval, operating_point
 from chestxray.serve import serving
 from chestxray.serve.decision import decide
 from conftest import LOOPBACK
 
 THRESHOLD = 0.3
+# As evaluate writes it (judge.operating_point): 499 of 540 COVID and 3,590 of 3,659 other test images right.
+OPERATING_POINT = {
+    "threshold": THRESHOLD,
+    "rule": "lower_bound",
+    "target_sensitivity": 0.95,
+    "target_met": False,
+    "val_sensitivity": 1.0,
+    "val_sensitivity_lower_bound": 0.89117,
+    "val_specificity": 0.9,
+    "val_positives": 26,
+    "sensitivity": 0.924074,
+    "specificity": 0.981142,
+    "positives": 540,
+    "negatives": 3659,
+    "ci": {"sensitivity": exact_interval(499, 540), "specificity": exact_interval(3590, 3659)},
+}
+SERVED_LINE = (
+    "At p(COVID) ≥ 0.300: test sensitivity 0.924 [0.898, 0.945], specificity 0.981 [0.976, 0.985]"
+    " (exact 95 % intervals; 540 COVID and 3,659 other test images). Threshold chosen on validation by the"
+    " lower_bound rule for sensitivity 0.95 (not certified: too few validation COVID images)."
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +69,9 @@ def store(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def logged(store: str, trained_model: Path, cache_dir: Path) -> dict:
     """The trained model logged as the pyfunc model of a real run, registered as chestxray@champion."""
-    from chestxray import tracking
-
     classes = cache_meta(cache_dir)["classes"]
     with tracking.run() as run_id:
-        serving.log_model(trained_model, classes, 32, THRESHOLD)
+        serving.log_model(trained_model, classes, 32, OPERATING_POINT)
     version = mlflow.register_model(f"runs:/{run_id}/model", "chestxray")
     MlflowClient(store).set_registered_model_alias("chestxray", "champion", version.version)
     return {"run_id": run_id, "uri": f"runs:/{run_id}/model", "classes": classes}
@@ -90,6 +111,36 @@ def test_pyfunc_model_predicts_what_the_keras_model_does(logged, trained_model, 
         and python_model.image_size == 32
         and python_model.classes == logged["classes"]
     )
+
+
+def test_the_model_carries_the_test_figures_of_its_rule(logged):
+    model = serving.load(logged["uri"])
+    assert model.operating_point == {key: OPERATING_POINT[key] for key in serving.SERVED_FIGURES}
+    assert model.served_rule() == SERVED_LINE
+
+
+def test_evaluate_operating_point_has_every_served_figure():
+    scores = np.array([0.9, 0.8, 0.4, 0.2, 0.1])
+    prob = np.column_stack([scores, 1 - scores])
+    y = np.array([0, 0, 0, 1, 1])
+    op = operating_point(y, prob, y, prob, ["COVID", "non-COVID"], 0.9, "point")
+    assert set(serving.SERVED_FIGURES) <= set(op)
+    assert serving.rule_line(op["threshold"], op) == (
+        "At p(COVID) ≥ 0.400: test sensitivity 1.000 [0.292, 1.000], specificity 1.000 [0.158, 1.000]"
+        " (exact 95 % intervals; 3 COVID and 2 other test images). Threshold chosen on validation by the"
+        " point rule for sensitivity 0.9."
+    )
+
+
+def test_a_model_logged_before_the_figures_still_loads_and_predicts(logged, trained_model, images):
+    settings = {"classes": logged["classes"], "image_size": 32, "threshold": 0.6}  # the settings.json of then
+    with tracking.run() as run_id:
+        serving._log_pyfunc(trained_model, settings)
+    model = serving.load(f"runs:/{run_id}/model")
+    assert model.threshold == 0.6 and model.operating_point is None and model.served_rule() is None
+    prob = expected(trained_model, images, logged["classes"])
+    predicted = model.predict_images(np.stack([load_gray(f, 32) for f in images]))["predicted"]
+    assert predicted.tolist() == [logged["classes"][i] for i in decide(prob, logged["classes"], 0.6)]
 
 
 def test_pyfunc_model_names_the_row_that_is_not_an_image(logged, images):
@@ -207,6 +258,7 @@ def test_predict_command_on_files_and_folders_with_the_champion(logged, trained_
     )
     assert done.returncode == 0, done.stderr
     assert "models:/chestxray@champion" in done.stderr  # the default model, no params.yaml here
+    assert SERVED_LINE in done.stderr
     table = pd.read_csv(out)
     assert table["path"].tolist() == [str(folder / "sub/0.png"), str(folder / "sub/1.png"), str(images[2])]
     prob = expected(trained_model, images, logged["classes"])

@@ -33,6 +33,7 @@ from PIL import Image
 
 from chestxray.data.cache import cache_meta
 from chestxray.errors import UserError
+from chestxray.judge.operating_point import exact_interval
 from chestxray.learn import explain
 from chestxray.serve import serving, web
 from chestxray.serve.decision import decide
@@ -107,16 +108,53 @@ def logged(trained_model: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
         mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+        op = operating_point_at(threshold)
         with mlflow.start_run(experiment_id=experiment_id()) as run:
-            serving.log_model(trained_model, classes, 32, threshold)
+            serving.log_model(trained_model, classes, 32, op)
+        with mlflow.start_run(experiment_id=experiment_id()) as old_run:  # as logged before the test figures
+            serving._log_pyfunc(trained_model, {"classes": classes, "image_size": 32, "threshold": threshold})
         uri = f"runs:/{run.info.run_id}/model"
         yield SimpleNamespace(
             uri=uri,
             model=serving.load(uri),
+            old_model=serving.load(f"runs:/{old_run.info.run_id}/model"),
             classes=classes,
             threshold=threshold,
+            operating_point=op,
             tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
         )
+
+
+def operating_point_at(threshold: float) -> dict:
+    """An operating point as evaluate writes it (judge.operating_point), at ``threshold``: 88 of
+    97 COVID and 301 of 310 other test images right."""
+    return {
+        "threshold": threshold,
+        "rule": "point",
+        "target_sensitivity": 0.9,
+        "target_met": True,
+        "val_sensitivity": 0.9,
+        "val_sensitivity_lower_bound": 0.82,
+        "val_specificity": 0.95,
+        "val_positives": 60,
+        "sensitivity": round(88 / 97, 6),
+        "specificity": round(301 / 310, 6),
+        "positives": 97,
+        "negatives": 310,
+        "ci": {"sensitivity": exact_interval(88, 97), "specificity": exact_interval(301, 310)},
+    }
+
+
+def served_line(logged: SimpleNamespace) -> str:
+    """The line the page and /health lead with, from the values logged (not from the loaded model)."""
+    op = logged.operating_point
+    sensitivity, specificity = op["ci"]["sensitivity"], op["ci"]["specificity"]
+    return (
+        f"At p(COVID) ≥ {logged.threshold:.3f}: test sensitivity 0.907 [{sensitivity['low']:.3f},"
+        f" {sensitivity['high']:.3f}], specificity 0.971 [{specificity['low']:.3f}, {specificity['high']:.3f}]"
+        " (exact 95 % intervals; 97 COVID and 310 other test images). Threshold chosen on validation by the"
+        " point rule for sensitivity 0.9."
+    )
 
 
 @contextmanager
@@ -197,6 +235,7 @@ def test_page_is_one_self_contained_file(server: str) -> None:
     for anchor in (
         'id="file"',
         'accept="image/*"',
+        'id="served-rule"',
         'id="predicted"',
         'id="probabilities"',
         'id="overlay"',
@@ -212,13 +251,23 @@ def test_health_describes_the_model(server: str, logged: SimpleNamespace) -> Non
     status, body = call(f"{server}/health")
     assert status == 200
     assert body["status"] == "ok"
+    assert list(body)[:2] == ["status", "served_rule"]  # it leads with the served rule's test figures
+    assert body["served_rule"] == served_line(logged)
     assert body["model"] == {
         "uri": logged.uri,
         "classes": logged.classes,
         "image_size": 32,
         "threshold": pytest.approx(logged.threshold),
+        "operating_point": {key: logged.operating_point[key] for key in serving.SERVED_FIGURES},
     }
     assert body["max_upload_bytes"] == web.MAX_UPLOAD_BYTES
+
+
+def test_health_of_a_model_logged_without_test_figures(logged: SimpleNamespace) -> None:
+    with live(web.create_app(logged.old_model, model_uri="old")) as url:
+        status, body = call(f"{url}/health")
+    assert status == 200 and body["served_rule"] is None
+    assert body["model"]["operating_point"] is None and body["model"]["threshold"] == pytest.approx(logged.threshold)
 
 
 @pytest.mark.shared
@@ -377,6 +426,7 @@ def test_page_in_chromium(
             assert page.title() == "Chest X-ray classifier"
             assert "not a diagnostic device" in page.inner_text(".note")
             page.wait_for_function("document.getElementById('model').textContent.includes('runs:/')")
+            assert page.is_visible("#served-rule") and page.inner_text("#served-rule") == served_line(logged)
 
             page.set_input_files("#file", str(xray))
             page.wait_for_selector("body[data-state=done]", timeout=120_000)
@@ -401,6 +451,11 @@ def test_page_in_chromium(
             assert page.inner_text("#error") == not_an_image_message("notes.txt")
             assert page.is_hidden("#result") and page.is_hidden("#overlay img")
             page.screenshot(path=tmp_path / "error.png", full_page=True)
+
+            with live(web.create_app(logged.old_model, model_uri="old")) as old:  # no test figures: no line
+                page.goto(old)
+                page.wait_for_function("document.getElementById('model').textContent.includes('old')")
+                assert page.is_hidden("#served-rule") and page.inner_text("#served-rule") == ""
             assert script_errors == []
         finally:
             browser.close()

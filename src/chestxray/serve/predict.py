@@ -38,7 +38,8 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 
 def predict_files(model: XrayClassifier, files: Sequence[Path]) -> pd.DataFrame:
     """One row per file: path, ``p_<class>`` and ``predicted``. Every file is decoded first, so
-    an unreadable one stops the run, named, before anything is predicted."""
+    an unreadable one stops the run, named, before anything is predicted. The rule ``predicted``
+    follows and its test figures are logged, when the model carries them."""
     images, errors = [], []
     for path in tqdm(files, desc="read", unit="img", disable=len(files) < 100):
         try:
@@ -47,6 +48,8 @@ def predict_files(model: XrayClassifier, files: Sequence[Path]) -> pd.DataFrame:
             errors.append(str(exc))
     if errors:
         raise UserError(f"{len(errors)} of {len(files)} file(s) cannot be read: " + "; ".join(errors))
+    if (rule := model.served_rule()) is not None:
+        log.info("the predicted class follows the operating point. %s", rule)
     table = model.predict_images(np.stack(images))
     table.insert(0, "path", [str(p) for p in files])
     return table

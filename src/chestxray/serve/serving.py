@@ -4,7 +4,8 @@ operating point. ``mlflow models serve``, the predict command and the web page a
 Served, it takes a DataFrame with one column ``image``: each value an image file (PNG, JPEG, …)
 encoded as base64. It returns one row per image: ``p_<class>`` probabilities and ``predicted``,
 the class at the operating point (COVID when its probability reaches the threshold chosen on
-validation, else the most probable other class: ``serve.decision``).
+validation, else the most probable other class: ``serve.decision``). The model also carries what
+that rule gave on the test split (``served_rule``), so every place that serves it can say so.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import io
 import json
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,24 @@ import chestxray
 from chestxray.data.images import load_gray
 from chestxray.errors import UserError
 from chestxray.serve.decision import decide
+from chestxray.tasks import COVID
 from chestxray.tracking import delete_logged_model, logged_model_ids, tracking_uri
 
 INPUT_COLUMN = "image"
 # What the model's code imports, pinned to the versions installed where it was logged.
 REQUIREMENTS = ("keras", "numpy", "pandas", "pillow", "imagehash", "scipy", "pyyaml", "tqdm", "matplotlib")
 TENSORFLOW = ("tensorflow-cpu", "tensorflow")  # whichever build is installed
+# What the model carries of evaluate's operating point besides the threshold: the test figures of the rule it serves.
+SERVED_FIGURES = (
+    "rule",
+    "target_sensitivity",
+    "target_met",
+    "sensitivity",
+    "specificity",
+    "positives",
+    "negatives",
+    "ci",
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +76,8 @@ def from_base64(value: Any, name: str) -> bytes:
 
 
 class XrayClassifier(mlflow.pyfunc.PythonModel):
-    """The pyfunc model: the Keras model (artifact ``keras_model``) and its classes, input size and
-    threshold (artifact ``settings``, a JSON file; see ``log_model``)."""
+    """The pyfunc model: the Keras model (artifact ``keras_model``) and its classes, input size,
+    threshold and the test figures at it (artifact ``settings``, a JSON file; see ``log_model``)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
@@ -76,6 +89,12 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
         self.classes: list[str] = list(settings["classes"])
         self.image_size: int = int(settings["image_size"])
         self.threshold: float = float(settings["threshold"])
+        # SERVED_FIGURES; None for a model logged before they travelled with it
+        self.operating_point: dict[str, Any] | None = settings.get("operating_point")
+
+    def served_rule(self) -> str | None:
+        """The decision rule and its test figures in one line (None when the model has no figures)."""
+        return None if self.operating_point is None else rule_line(self.threshold, self.operating_point)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Base64 image files in column ``image`` → probabilities and predicted class per row."""
@@ -109,17 +128,45 @@ def signature(classes: Sequence[str]) -> ModelSignature:
     return ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]), outputs=Schema(outputs))
 
 
-def log_model(keras_file: Path, classes: Sequence[str], image_size: int, threshold: float) -> None:
+def _figure(value: float | None, ci: Mapping[str, float | None]) -> str:
+    """``0.924 [0.901, 0.943]``, or ``n/a`` when undefined (no such test images)."""
+    if value is None or ci["low"] is None or ci["high"] is None:
+        return "n/a"
+    return f"{value:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
+def rule_line(threshold: float, figures: Mapping[str, Any]) -> str:
+    """The served rule and what it gave on the test split, from an operating point's ``SERVED_FIGURES``."""
+    caveat = "" if figures["target_met"] else " (not certified: too few validation COVID images)"
+    sensitivity = _figure(figures["sensitivity"], figures["ci"]["sensitivity"])
+    specificity = _figure(figures["specificity"], figures["ci"]["specificity"])
+    return (
+        f"At p({COVID}) ≥ {threshold:.3f}: test sensitivity {sensitivity}, specificity {specificity}"
+        f" (exact 95 % intervals; {figures['positives']:,} {COVID} and {figures['negatives']:,} other test images)."
+        f" Threshold chosen on validation by the {figures['rule']} rule for sensitivity"
+        f" {figures['target_sensitivity']}{caveat}."
+    )
+
+
+def log_model(keras_file: Path, classes: Sequence[str], image_size: int, operating_point: Mapping[str, Any]) -> None:
     """Log the pyfunc model as ``model`` in the active run, with the package's code, so it is
-    served and loaded with no checkout of this repository. The classes, size and threshold travel
-    as a JSON artifact, not as MLflow's ``model_config``, which MLflow also logs as run params: a
-    run evaluated again with a new threshold would keep the old one there (params cannot change).
-    If logging fails or is interrupted, the logged model it created is deleted before the error
-    goes on, so no half-logged model is left to register."""
+    served and loaded with no checkout of this repository. ``operating_point`` is evaluate's
+    (``judge.operating_point``): the model applies its threshold and carries its ``SERVED_FIGURES``.
+    The classes, size, threshold and figures travel as a JSON artifact, not as MLflow's
+    ``model_config``, which MLflow also logs as run params: a run evaluated again with a new
+    threshold would keep the old one there (params cannot change). If logging fails or is
+    interrupted, the logged model it created is deleted before the error goes on, so no half-logged
+    model is left to register."""
+    settings = {
+        "classes": list(classes),
+        "image_size": int(image_size),
+        "threshold": float(operating_point["threshold"]),
+        "operating_point": {key: operating_point[key] for key in SERVED_FIGURES},
+    }
     run_id = mlflow.active_run().info.run_id
     before = {model_id for model_id, _ in logged_model_ids(run_id)}
     try:
-        _log_pyfunc(keras_file, classes, image_size, threshold)
+        _log_pyfunc(keras_file, settings)
     except BaseException:
         for model_id, status in logged_model_ids(run_id):
             if model_id not in before:
@@ -128,9 +175,10 @@ def log_model(keras_file: Path, classes: Sequence[str], image_size: int, thresho
         raise
 
 
-def _log_pyfunc(keras_file: Path, classes: Sequence[str], image_size: int, threshold: float) -> None:
-    """``mlflow.pyfunc.log_model`` of the classifier as ``model`` (see ``log_model``)."""
-    settings = {"classes": list(classes), "image_size": int(image_size), "threshold": float(threshold)}
+def _log_pyfunc(keras_file: Path, settings: Mapping[str, Any]) -> None:
+    """``mlflow.pyfunc.log_model`` of the classifier as ``model``, with ``settings`` as its JSON
+    artifact (see ``log_model``)."""
+    classes, image_size = settings["classes"], settings["image_size"]
     with tempfile.TemporaryDirectory(prefix="model-settings-") as tmp:
         settings_json = Path(tmp) / "settings.json"
         settings_json.write_text(json.dumps(settings, indent=2), encoding="utf-8")

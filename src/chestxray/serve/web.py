@@ -13,7 +13,11 @@
   bounded (``DecodeBudget``): from the file's header alone, an image whose decoding would take more
   than ``MAX_DECODE_BYTES`` → 413 naming its pixel size and the limit; one that finds no room
   within ``DECODE_WAIT`` seconds while other large images decode → 503 (with ``Retry-After``).
-- ``GET /health`` → ``{"status": "ok", "model": {"uri", "classes", "image_size", "threshold"}}``.
+- ``GET /health`` → ``{"status": "ok", "served_rule": "At p(COVID) ≥ t: test sensitivity X [low, high],
+  specificity Y [low, high] …", "model": {"uri", "classes", "image_size", "threshold", "operating_point"},
+  "max_upload_bytes": n}``: the rule the model serves and its test figures (``serving.rule_line``)
+  first, and the figures themselves (``serving.SERVED_FIGURES``); both null for a model logged
+  before the figures travelled with it. The page leads with that line, or omits it.
 """
 
 from __future__ import annotations
@@ -162,8 +166,9 @@ def create_app(
             "classes": list(model.classes),
             "image_size": model.image_size,
             "threshold": model.threshold,
+            "operating_point": model.operating_point,
         }
-        return {"status": "ok", "model": info, "max_upload_bytes": max_upload_bytes}
+        return {"status": "ok", "served_rule": model.served_rule(), "model": info, "max_upload_bytes": max_upload_bytes}
 
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:
