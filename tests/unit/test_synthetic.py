@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
+import subprocess
+import sys
 import zipfile
 from fractions import Fraction
 from pathlib import Path
@@ -11,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
+from PIL import Image, features
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
@@ -22,6 +26,10 @@ from chestxray.errors import UserError
 
 N = 120
 SEED = 7
+# Tree digests (sha256 over the sorted relative paths and each file's sha256) of generate(root, N, seed). The
+# pixels are CPU-independent; the PNG and xlsx bytes also depend on the zlib that deflates them (see _zlib).
+DIGEST_SMALL = "a64d2c59249ac765e9f53f688aee0d5cc72a659596c25f800ce0e744a0cf86d2"  # N, SEED
+DIGEST_DEFAULT = "9a6a53201a0bbba957f3c9889283e6df9e7f3ffcf093f2b858e82cb6aa28ce0e"  # 1000, 42: what dvc repro makes
 REAL = {"COVID": 3616, "Lung_Opacity": 6012, "Normal": 10192, "Viral Pneumonia": 1345}
 
 
@@ -48,6 +56,19 @@ def _hashes(base: Path) -> dict[str, str]:
         for p in sorted(base.rglob("*"))
         if p.is_file()
     }
+
+
+def _tree_digest(base: Path) -> str:
+    digest = hashlib.sha256()
+    for name, file_hash in _hashes(base).items():
+        digest.update(name.encode() + b"\0" + bytes.fromhex(file_hash))
+    return digest.hexdigest()
+
+
+def _zlib() -> str:
+    import zlib
+
+    return f"zlib {zlib.ZLIB_RUNTIME_VERSION} (Python), {features.version('zlib')} (Pillow)"
 
 
 def _features(base: Path, side: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -179,3 +200,32 @@ def test_class_signal_generalises_across_seeds(dataset: tuple[Path, dict[str, in
     assert f1_score(y_test, predicted, average="macro") > 0.5
     viral = CLASSES.index("Viral Pneumonia")
     assert (predicted[y_test == viral] == viral).mean() >= 0.5
+
+
+def test_small_dataset_matches_committed_digest(dataset: tuple[Path, dict[str, int]]) -> None:
+    assert _tree_digest(dataset[0]) == DIGEST_SMALL, f"pixels or deflate changed; this machine has {_zlib()}"
+
+
+def test_default_dataset_matches_committed_digest(tmp_path: Path) -> None:
+    base, counts = _make(tmp_path, 1000, 42)
+    assert counts == {"COVID": 171, "Lung_Opacity": 284, "Normal": 482, "Viral Pneumonia": 63}
+    assert _tree_digest(base) == DIGEST_DEFAULT, f"pixels or deflate changed; this machine has {_zlib()}"
+
+
+def test_same_digest_with_numpy_simd_disabled(tmp_path: Path) -> None:
+    # Every SIMD extension NumPy dispatches to at run time on this CPU (not its compiled-in baseline).
+    simd = [f for f in __cpu_dispatch__ if __cpu_features__.get(f) and f not in __cpu_baseline__]
+    if not simd:
+        pytest.skip("this CPU offers NumPy no SIMD extension beyond its baseline")
+    code = (
+        "import sys; from pathlib import Path; from chestxray.data.synthetic import generate\n"
+        "from numpy._core._multiarray_umath import __cpu_features__ as f\n"
+        "print(sorted(k for k in sys.argv[2:] if f[k]))\n"
+        f"generate(Path(sys.argv[1]), {N}, {SEED})"
+    )
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(simd)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), *simd], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"  # the child really ran without them
+    assert _tree_digest(tmp_path / "COVID-19_Radiography_Dataset") == DIGEST_SMALL

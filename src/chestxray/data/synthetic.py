@@ -1,14 +1,16 @@
 """Deterministic synthetic chest X-rays laid out like the Kaggle COVID-19 Radiography Database.
 
 The embedded default dataset: every image is drawn from numpy generators seeded by
-``(seed, class, number)``, so a given ``(n_images, seed)`` gives the same files again on the same
-kind of CPU (NumPy's vectorised maths may differ in the last bit between CPUs).
+``(seed, class, number)`` with CPU-independent arithmetic (see ``_AXIS``), so a given
+``(n_images, seed)`` gives the same pixels on every CPU, and the same file bytes wherever the
+same zlib compresses them (PNG and xlsx are deflate streams).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import zipfile
 from pathlib import Path
@@ -40,8 +42,14 @@ _ZIP_TIME = (2021, 3, 6, 0, 0, 0)
 _XML_TIME = b"2021-03-06T00:00:00Z"
 _CORE_TIME = re.compile(rb"(<dcterms:(?:created|modified)[^>]*>)[^<]*")
 
-_AXIS = np.linspace(-1.0, 1.0, IMAGE_SIZE, dtype=np.float32)
+# Pixel centres in -1..1, exact in float64: every pixel value below comes from +, -, *, /, sqrt, floor,
+# min/max and comparisons (IEEE correctly rounded, so the same bits on every CPU), applied element by element
+# in a fixed order. No transcendental ufunc (exp, tanh, cos, power), no BLAS and no float reduction: their
+# SIMD code paths differ between CPUs in the last bit. Random draws are uniform doubles only (exact from the
+# generator's integers); NumPy's normal sampler calls libm's exp and log, so normals are sums of uniforms.
+_AXIS = (2.0 * np.arange(IMAGE_SIZE) - (IMAGE_SIZE - 1)) / (IMAGE_SIZE - 1)
 _X, _Y = np.meshgrid(_AXIS, _AXIS)
+_SQRT3 = math.sqrt(3.0)
 
 
 def _class_counts(n_images: int) -> dict[str, int]:
@@ -55,23 +63,64 @@ def _class_counts(n_images: int) -> dict[str, int]:
     return dict(zip(CLASSES, counts, strict=True))
 
 
+def _normal(rng: np.random.Generator, mean: float, sd: float) -> float:
+    """Roughly normal draw: the Irwin-Hall sum of four uniforms, scaled to ``sd``."""
+    r = rng.random(4)
+    return mean + sd * _SQRT3 * (((r[0] + r[1]) + (r[2] + r[3])) - 2.0)
+
+
+def _normal_field(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Roughly standard normal array: Irwin-Hall sums of four uniforms, added in a fixed order."""
+    r = rng.random((4, *shape))
+    return _SQRT3 * (((r[0] + r[1]) + (r[2] + r[3])) - 2.0)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically safe logistic function, used for soft anatomical edges."""
-    return 0.5 + 0.5 * np.tanh(0.5 * x)
+    """Logistic-like soft step: quintic smootherstep, slope 1/4 at 0 as the logistic, flat beyond |x| = 3.75."""
+    t = np.clip(0.5 + x / 7.5, 0.0, 1.0)
+    return t * t * t * (t * (6.0 * t - 15.0) + 10.0)
+
+
+def _gauss(q: np.ndarray) -> np.ndarray:
+    """exp(-q) for q >= 0, as (1 - q/8)^8: within 0.02 of it, and exactly 0 beyond q = 8."""
+    y = np.maximum(1.0 - q / 8.0, 0.0)
+    y = y * y
+    y = y * y
+    return y * y
+
+
+def _wave(phase: np.ndarray) -> np.ndarray:
+    """cos(2 pi phase) shaped periodic wave: 1 at whole phases, -1 at halves, flat at both."""
+    t = np.abs(2.0 * (phase - np.floor(phase)) - 1.0)
+    return 2.0 * t * t * (3.0 - 2.0 * t) - 1.0
+
+
+def _cubic_rows(grid: np.ndarray, size: int) -> np.ndarray:
+    """Catmull-Rom upsampling of ``grid`` along axis 0 to ``size`` rows (pixel centres aligned)."""
+    n = grid.shape[0]
+    pos = (np.arange(size) + 0.5) * (n / size) - 0.5
+    i = np.floor(pos).astype(np.int64)
+    t = (pos - i)[:, None]
+    taps = [grid[np.clip(i + k, 0, n - 1)] for k in (-1, 0, 1, 2)]
+    w0 = ((-0.5 * t + 1.0) * t - 0.5) * t
+    w1 = (1.5 * t - 2.5) * t * t + 1.0
+    w2 = ((-1.5 * t + 2.0) * t + 0.5) * t
+    w3 = (0.5 * t - 0.5) * t * t
+    return ((w0 * taps[0] + w1 * taps[1]) + w2 * taps[2]) + w3 * taps[3]
 
 
 def _smooth_noise(rng: np.random.Generator, rows: int, cols: int | None = None) -> np.ndarray:
-    """Zero-mean smooth noise: a ``rows`` x ``cols`` normal grid upsampled bicubically."""
-    small = Image.fromarray(rng.standard_normal((rows, cols or rows)).astype(np.float32))
-    return np.asarray(small.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
+    """Zero-mean smooth noise: a ``rows`` x ``cols`` normal grid upsampled bicubically to the image."""
+    grid = _normal_field(rng, (rows, cols or rows))
+    return _cubic_rows(_cubic_rows(grid, IMAGE_SIZE).T, IMAGE_SIZE).T
 
 
 def _chest_frame(rng: np.random.Generator, paediatric: bool) -> tuple[np.ndarray, np.ndarray]:
     """Chest coordinates (u: left-right, v: top-bottom) with jittered centre, size and tilt."""
     scale = rng.uniform(0.60, 0.74) if paediatric else rng.uniform(0.70, 0.88)
-    cx, cy = rng.normal(0.0, 0.04), rng.normal(0.02, 0.04)
-    angle = np.deg2rad(rng.normal(0.0, 2.5))  # slight tilt
-    c, s = float(np.cos(angle)), float(np.sin(angle))
+    cx, cy = _normal(rng, 0.0, 0.04), _normal(rng, 0.02, 0.04)
+    s = _normal(rng, 0.0, 0.044)  # sine of a slight tilt (sd about 2.5 degrees)
+    c = math.sqrt(1.0 - s * s)
     dx, dy = _X - cx, _Y - cy
     u = (c * dx + s * dy) / (scale * rng.uniform(0.92, 1.08))
     v = (-s * dx + c * dy) / scale
@@ -86,7 +135,7 @@ def _lungs(u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray
         height, width = rng.uniform(1.25, 1.40) * (0.92 if side > 0 else 1.0), rng.uniform(0.30, 0.35)
         w = (v - top + 0.12 * side * (u - cu) / width) / height  # 0 at the apex, 1 at the base
         a = width * (0.45 + 0.55 * np.sqrt(np.clip(w, 0.0, 1.0)))
-        d = ((u - cu) / a) ** 2 + np.square(np.square(2 * w - 1))
+        d = np.square((u - cu) / a) + np.square(np.square(2 * w - 1))
         lungs = np.maximum(lungs, _sigmoid((1.0 - d) / 0.06))
     return lungs
 
@@ -101,12 +150,12 @@ def _anatomy(u: np.ndarray, v: np.ndarray, lungs: np.ndarray, rng: np.random.Gen
     img = 0.05 + rng.uniform(0.50, 0.60) * np.maximum(body, neck) + 0.05 * abdomen
     spine = _sigmoid((0.11 - au) / 0.02)
     img += 0.15 * spine
-    heart = ((u - rng.uniform(0.08, 0.16)) / 0.32) ** 2 + ((v - rng.uniform(0.30, 0.40)) / 0.30) ** 2
+    heart = np.square((u - rng.uniform(0.08, 0.16)) / 0.32) + np.square((v - rng.uniform(0.30, 0.40)) / 0.30)
     img += 0.08 * _sigmoid((1.0 - heart) / 0.15)
     img += 0.08 * _sigmoid((0.03 - np.abs(v + 0.68 + 0.12 * au)) / 0.01) * (au < 0.85)  # clavicles
-    ribs = np.cos(2 * np.pi * (rng.uniform(4.5, 5.5) * (v + 0.45 * au - 0.5 * u**2) + rng.uniform()))
+    ribs = _wave(rng.uniform(4.5, 5.5) * (v + 0.45 * au - 0.5 * u * u) + rng.uniform())
     cage = body * _sigmoid((0.62 - v) / 0.05) * _sigmoid((v + 0.85) / 0.05)
-    img += (0.03 + 0.05 * lungs) * cage * (1.0 - spine) * np.clip(ribs, 0.0, 1.0) ** 2
+    img += (0.03 + 0.05 * lungs) * cage * (1.0 - spine) * np.square(np.clip(ribs, 0.0, 1.0))
     markings = 0.03 * _smooth_noise(rng, 40) + 0.06 * _sigmoid((0.3 - au) / 0.06)  # vessels, hila
     dark = rng.uniform(0.30, 0.40) * (1.0 - 0.6 * _sigmoid((1.0 - heart) / 0.15))
     return img + lungs * (markings - dark)
@@ -114,12 +163,13 @@ def _anatomy(u: np.ndarray, v: np.ndarray, lungs: np.ndarray, rng: np.random.Gen
 
 def _ridges(noise: np.ndarray) -> np.ndarray:
     """Thin bright lines along the zero crossings of smooth noise."""
-    return np.exp(-np.square(noise / 0.4))
+    return _gauss(np.square(noise / 0.4))
 
 
 def _blob(u: np.ndarray, v: np.ndarray, cu: float, cv: float, sigma: float, power: int = 1) -> np.ndarray:
-    """Soft round opacity of width ``sigma`` centred at (cu, cv) in chest coordinates."""
-    return np.exp(-((((u - cu) ** 2 + (v - cv) ** 2) / (2 * sigma**2)) ** power))
+    """Soft round opacity of width ``sigma`` centred at (cu, cv) in chest coordinates (power 2: flatter top)."""
+    q = (np.square(u - cu) + np.square(v - cv)) / (2 * sigma * sigma)
+    return _gauss(q * q if power == 2 else q)
 
 
 def _disease(cls: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -148,9 +198,10 @@ def _render(cls: str, rng: np.random.Generator) -> tuple[Image.Image, Image.Imag
     lungs = _lungs(u, v, rng)
     img = _anatomy(u, v, lungs, rng) + lungs * _disease(cls, u, v, rng)
     img += 0.05 * _smooth_noise(rng, 6)  # uneven exposure
-    img += rng.uniform(0.01, 0.03) * rng.standard_normal(img.shape, dtype=np.float32)
-    img = rng.uniform(0.8, 1.2) * (img - 0.35) + 0.35 + rng.normal(0.0, 0.05)
-    img = np.clip(img, 0.0, 1.0) ** rng.uniform(0.8, 1.25)
+    img += rng.uniform(0.01, 0.03) * _normal_field(rng, img.shape)
+    img = rng.uniform(0.8, 1.2) * (img - 0.35) + 0.35 + _normal(rng, 0.0, 0.05)
+    img = np.clip(img, 0.0, 1.0)
+    img += rng.uniform(-0.3, 0.3) * img * (1.0 - img)  # a gamma of about 0.8..1.25, monotone
     image = Image.fromarray(np.round(img * 255).astype(np.uint8))
     mask = Image.fromarray(np.where(lungs > 0.5, 255, 0).astype(np.uint8))
     return image, mask.resize((MASK_SIZE, MASK_SIZE), Image.Resampling.NEAREST).convert("RGB")
