@@ -1,4 +1,5 @@
-"""The command line: ``python -m chestxray predict PATH...``, ``python -m chestxray app`` (see ``--help``)."""
+"""The command line: ``python -m chestxray predict PATH...``, ``python -m chestxray app``,
+``python -m chestxray promote RUN_ID`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ def app(args: argparse.Namespace) -> None:
     web.serve(args.model or default_model(), args.host, args.port)
 
 
+def promote(args: argparse.Namespace) -> None:
+    from chestxray.config import load_params
+    from chestxray.judge import compare
+
+    cfg = load_params().compare
+    compare.promote(args.run_id, cfg.model_copy(update={"registered_model": args.model or cfg.registered_model}))
+
+
 def parser() -> argparse.ArgumentParser:
     from chestxray.serve.predict import FORMATS
 
@@ -56,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.set_defaults(run=app)
+    p = commands.add_parser(
+        "promote", help="make a run's logged model the champion, whatever its data version (compare never does that)"
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="the MLflow run whose logged model 'model' becomes champion")
+    p.add_argument("--model", metavar="NAME", help="registered model name (default: compare.registered_model)")
+    p.set_defaults(run=promote)
     return root
 
 

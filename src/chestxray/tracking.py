@@ -295,9 +295,14 @@ def runs_for(data_version: str) -> list[dict[str, Any]]:
     return [_record(r) for r in runs]
 
 
-def get_run(run_id: str) -> dict[str, Any]:
-    """One run as ``runs_for`` lists it."""
-    return _record(_client().get_run(run_id))
+def get_run(run_id: str) -> dict[str, Any] | None:
+    """One run as ``runs_for`` lists it; None if the store has no run ``run_id``."""
+    try:
+        return _record(_client().get_run(run_id))
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
 
 
 def _record(r: Any) -> dict[str, Any]:
@@ -390,3 +395,11 @@ def alias_version(name: str, alias: str) -> dict[str, Any] | None:
 def set_alias(name: str, alias: str, version: int) -> None:
     """Point ``alias`` of the registered model ``name`` at ``version``."""
     _client().set_registered_model_alias(name, alias, str(version))
+
+
+@_disk_full_as_os_error()
+def set_version_tags(name: str, version: int, tags: Mapping[str, str]) -> None:
+    """Set ``tags`` on version ``version`` of the registered model ``name`` (a tag already there is overwritten)."""
+    client = _client()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)

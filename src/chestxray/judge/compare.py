@@ -1,19 +1,22 @@
-"""Compare every MLflow run on the same data version: the leaderboard ranked by ``compare.metric``,
-McNemar's test for the top two, and the registry alias ``champion`` on the best model when it
-beats the current champion."""
+"""Compare every MLflow run on the same data version: the leaderboard ranked by validation
+``compare.metric`` (test shown beside it, never ranking), McNemar's test for the top two on the test
+set (reported, deciding nothing), the groups of runs that differ only in their seeds, and the
+registry alias ``champion``: it moves by itself only to a run on the champion's own data version that
+is better on validation by at least ``compare.min_delta``; ``promote`` moves it explicitly."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from scipy.stats import binomtest
 
 from chestxray import paths, tracking
 from chestxray.config import CompareSettings
+from chestxray.errors import UserError
 from chestxray.io import read_json, write_json, write_text
 from chestxray.judge import leaderboard, metrics
 from chestxray.judge.metrics import Metric
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"  # the registry alias that predict and serving load
 ALPHA = 0.05  # McNemar: significance level
 PREDICTIONS = "evaluate/predictions.csv"  # the run's test-set predictions (path, actual, predicted, …)
+TOLERANCE = 1e-9  # metrics are logged to 6 decimals: a gain of min_delta must not fail on float rounding
 
 
 def mcnemar(first: pd.DataFrame, second: pd.DataFrame) -> dict[str, Any] | None:
@@ -46,8 +50,9 @@ def mcnemar(first: pd.DataFrame, second: pd.DataFrame) -> dict[str, Any] | None:
 
 
 def compare_top_two(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """McNemar's test for the first two rows on their logged test predictions; None (with a
-    warning) with fewer than two rows, a missing predictions file, or different test images."""
+    """McNemar's test for the first two rows (by validation) on their logged test predictions: a
+    test-set comparison that is reported and decides nothing. None (with a warning) with fewer than
+    two rows, a missing predictions file, or different test images."""
     if len(rows) < 2:
         return None
     first, second = rows[0], rows[1]
@@ -80,94 +85,163 @@ def compare_top_two(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def current_champion(cfg: CompareSettings) -> dict[str, Any] | None:
-    """The version behind ``<registered_model>@champion``: version, run_id, model, data_version
-    and its run's ``test.<metric>`` (None if unset); None if there is no champion."""
+    """The version behind ``<registered_model>@champion``: version, run_id, run_name, model, data_version
+    and its run's validation and test ``compare.metric`` (None where missing); None if there is no champion."""
     found = tracking.alias_version(cfg.registered_model, CHAMPION)
     if found is None:
         return None
-    run = tracking.get_run(found["run_id"])
+    run = tracking.get_run(found["run_id"]) or {"run_name": None, "params": {}, "metrics": {}, "tags": {}}
+    return {**found, **_facts(run, cfg.metric)}
+
+
+def _facts(run: dict[str, Any], metric: str) -> dict[str, Any]:
+    """What the champion entry tells of a run: name, model, data version, validation and test ``metric``."""
     return {
-        **found,
         "run_name": run["run_name"],
         "model": run["tags"].get("model", run["params"].get("model")),
         "data_version": run["tags"].get("data_version"),
-        "value": run["metrics"].get(f"test.{cfg.metric}"),
+        "validation": run["metrics"].get(f"val.{metric}"),
+        "test": run["metrics"].get(f"test.{metric}"),
     }
 
 
+def promote_command(run_id: str) -> str:
+    """The command that makes ``run_id``'s model the champion whatever compare says."""
+    return f"`python -m chestxray promote {run_id}`"
+
+
+class Decision(NamedTuple):
+    """What ``challenge`` decides: whether the alias moves, why, and whether only ``promote`` can move it."""
+
+    moved: bool
+    reason: str
+    needs_promote: bool = False
+
+
 def challenge(
-    best: dict[str, Any], version: int, current: dict[str, Any] | None, data_version: str, metric: Metric
-) -> tuple[bool, str]:
-    """Whether the alias moves to ``version`` (the best run's), and why: no champion yet, a newer
-    model of the champion's own run, a champion from other data (not comparable), or a strictly
-    better ``metric``."""
-    value, name = best[metric.name], metric.name
+    best: dict[str, Any],
+    version: int,
+    current: dict[str, Any] | None,
+    data_version: str,
+    metric: Metric,
+    min_delta: float,
+) -> Decision:
+    """Whether the alias moves to ``version`` (the best run's), and why. It moves when there is no
+    champion yet, to a newer model of the champion's own run, or when the champion is on
+    ``data_version`` and the best run's validation ``metric`` is better than the champion's by at
+    least ``min_delta`` (and by more than nothing). A champion from other data, or without a
+    validation score, stays: only ``promote`` replaces it. Test metrics are not read."""
+    run_id, name, value = best["run_id"], metric.name, best[f"val.{metric.name}"]
     if current is None:
-        return True, f"no champion yet: v{version} (run {best['run_id']}, {name} {value:.4f}) becomes champion"
+        return Decision(
+            True, f"no champion yet: v{version} (run {run_id}, validation {name} {value:.4f}) becomes champion"
+        )
     if current["version"] == version:
-        return False, f"champion stays v{version} (run {best['run_id']}): it is already the best run's model"
-    if current["run_id"] == best["run_id"]:
-        return (
-            True,
-            f"v{version} is a newer model of the champion's run {best['run_id']}: it replaces v{current['version']}",
+        return Decision(False, f"champion stays v{version} (run {run_id}): it is already the best run's model")
+    if current["run_id"] == run_id:
+        return Decision(
+            True, f"v{version} is a newer model of the champion's run {run_id}: it replaces v{current['version']}"
         )
+    held = f"champion v{current['version']} (run {current['run_id']})"
     if current["data_version"] != data_version:
-        return True, (
-            f"champion v{current['version']} (run {current['run_id']}) was evaluated on data version"
-            f" {current['data_version']}, not {data_version}: metrics on different test sets cannot be compared,"
-            f" so v{version} (run {best['run_id']}, {name} {value:.4f}) takes over"
+        return Decision(
+            False,
+            f"{held} is from data version {current['data_version']}; the best run here, {run_id} (validation {name}"
+            f" {value:.4f}), is on data version {data_version}: scores on different data cannot be compared, so the"
+            f" champion stays. To make it champion: {promote_command(run_id)}",
+            needs_promote=True,
         )
-    if current["value"] is None:
-        return (
-            True,
-            f"champion v{current['version']} (run {current['run_id']}) has no test.{name}: v{version} takes over",
+    if current["validation"] is None:
+        return Decision(
+            False,
+            f"{held} has no validation {name} (evaluated before validation was scored), so it cannot be compared:"
+            f" the champion stays. To make run {run_id} (validation {name} {value:.4f}) champion:"
+            f" {promote_command(run_id)}",
+            needs_promote=True,
         )
-    beats, holds = (">", "≥") if metric.higher_is_better else ("<", "≤")
-    if leaderboard.better(metric, value, current["value"]):
-        return True, (
-            f"v{version} (run {best['run_id']}) beats champion v{current['version']}: {name} {value:.4f}"
-            f" {beats} {current['value']:.4f}"
-        )
-    return False, (
-        f"champion stays v{current['version']} (run {current['run_id']}, {name} {current['value']:.4f}"
-        f" {holds} {value:.4f} of run {best['run_id']})"
+    gain = leaderboard.improvement(metric, value, current["validation"])
+    compared = f"validation {name} {value:.4f} vs {current['validation']:.4f}, better by {gain:+.4f}"
+    if gain > TOLERANCE and gain >= min_delta - TOLERANCE:
+        return Decision(True, f"v{version} (run {run_id}) beats {held}: {compared} ≥ compare.min_delta {min_delta:g}")
+    return Decision(
+        False,
+        f"{held} stays: the best run {run_id} has {compared}, which is not a positive gain of at least"
+        f" compare.min_delta {min_delta:g}",
     )
+
+
+def version_tags(run: dict[str, Any], metric: str) -> dict[str, str]:
+    """Registry tags of a run's model version: its data version, data source and Kaggle slug (where
+    the run has them), validation and test ``metric`` (where evaluated)."""
+    tags = {k: run["tags"][k] for k in ("data_version", "data.source", "data.slug") if k in run["tags"]}
+    scores = {f"{split}.{metric}": run["metrics"].get(f"{split}.{metric}") for split in leaderboard.SPLITS}
+    return tags | {k: str(v) for k, v in scores.items() if v is not None}
+
+
+def register(run: dict[str, Any], cfg: CompareSettings) -> int | None:
+    """The version of ``cfg.registered_model`` holding the run's logged model 'model' (registered if
+    new), tagged with ``version_tags``; None if the run logged no model."""
+    tags = version_tags(run, cfg.metric)
+    registered = tracking.register_model(cfg.registered_model, run["run_id"], tags)
+    if registered is None:
+        return None
+    version, created = registered
+    if not created:
+        tracking.set_version_tags(cfg.registered_model, version, tags)
+    log.info(
+        "%s v%d of %s for run %s", "registered" if created else "found", version, cfg.registered_model, run["run_id"]
+    )
+    return version
 
 
 def update_champion(best: dict[str, Any] | None, data_version: str, cfg: CompareSettings) -> dict[str, Any] | None:
     """Register the best run's model (once) and move ``champion`` to it if ``challenge`` says so.
-    Returns the champion afterwards (name, version, run_id, run_name, model, value, moved,
-    reason), or None if there is none."""
+    Returns the champion afterwards (``_champion``), or None if there is none."""
     current = current_champion(cfg)
     if best is None:
-        return _kept(cfg.registered_model, current, f"no evaluated run on data version {data_version}")
-    tags = {"data_version": data_version, f"test.{cfg.metric}": str(best[cfg.metric])}
-    registered = tracking.register_model(cfg.registered_model, best["run_id"], tags)
-    if registered is None:
+        return _kept(cfg.registered_model, current, f"no run on data version {data_version} has validation scores")
+    run = tracking.get_run(best["run_id"])
+    version = register(run, cfg)
+    if version is None:
         reason = (
             f"the best run {best['run_id']} logged no model 'model' (evaluated before models were logged?):"
             " not registered"
         )
         log.warning("%s", reason)
         return _kept(cfg.registered_model, current, reason)
-    version, created = registered
-    log.info(
-        "%s v%d of %s for run %s", "registered" if created else "found", version, cfg.registered_model, best["run_id"]
+    moved, reason, needs_promote = challenge(
+        best, version, current, data_version, metrics.get(cfg.metric), cfg.min_delta
     )
-    moved, reason = challenge(best, version, current, data_version, metrics.get(cfg.metric))
-    superseded = moved and current is not None and current["data_version"] != data_version
-    log.log(logging.WARNING if superseded else logging.INFO, "%s", reason)
+    log.log(logging.WARNING if needs_promote else logging.INFO, "%s", reason)
     if not moved:
         return _champion(cfg.registered_model, current, False, reason)
     tracking.set_alias(cfg.registered_model, CHAMPION, version)
-    new = {
-        "version": version,
-        "run_id": best["run_id"],
-        "run_name": best["run_name"],
-        "model": best["model"],
-        "value": best[cfg.metric],
-    }
-    return _champion(cfg.registered_model, new, True, reason)
+    return _champion(
+        cfg.registered_model, {"version": version, "run_id": run["run_id"], **_facts(run, cfg.metric)}, True, reason
+    )
+
+
+def promote(run_id: str, cfg: CompareSettings) -> dict[str, Any]:
+    """Point ``<cfg.registered_model>@champion`` at the run's logged model 'model' (registered first
+    if it is not yet), whatever its data version or scores. Returns the champion entry."""
+    run = tracking.get_run(run_id)
+    if run is None:
+        raise UserError(f"promote: no run {run_id} in {tracking.tracking_uri()}")
+    version = register(run, cfg)
+    if version is None:
+        raise UserError(f"promote: run {run_id} logged no model 'model' (not evaluated yet?); nothing to promote")
+    current = current_champion(cfg)
+    tracking.set_alias(cfg.registered_model, CHAMPION, version)
+    was = "no champion" if current is None else _describe(current)
+    new = {"version": version, "run_id": run_id, **_facts(run, cfg.metric)}
+    reason = f"promoted by hand: {cfg.registered_model}@{CHAMPION} was {was}, is now {_describe(new)}"
+    log.info("%s", reason)
+    return _champion(cfg.registered_model, new, current is None or current["version"] != version, reason)
+
+
+def _describe(version: dict[str, Any]) -> str:
+    """``v3 (run <id>, data version <v>)``."""
+    return f"v{version['version']} (run {version['run_id']}, data version {version['data_version']})"
 
 
 def _kept(name: str, current: dict[str, Any] | None, reason: str) -> dict[str, Any] | None:
@@ -177,74 +251,103 @@ def _kept(name: str, current: dict[str, Any] | None, reason: str) -> dict[str, A
 
 def _champion(name: str, version: dict[str, Any], moved: bool, reason: str) -> dict[str, Any]:
     """The ``champion`` entry of compare.json."""
-    keys = ("version", "run_id", "run_name", "model", "value")
+    keys = ("version", "run_id", "run_name", "model", "data_version", "validation", "test")
     return {"name": name, **{k: version[k] for k in keys}, "moved": moved, "reason": reason}
 
 
 def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]:
-    """Rank the runs on the data version of ``root``'s last evaluation, test the top two, update the
-    champion; write ``metrics/compare.json``, the Markdown leaderboard and its bar chart."""
+    """Rank the runs on the data version of ``root``'s last evaluation by validation ``compare.metric``,
+    test the top two, group seeds, update the champion; write ``metrics/compare.json``, the Markdown
+    leaderboard and its bar chart."""
     metric = metrics.get(cfg.metric)
     data_version = read_json(root / paths.EVALUATE_JSON)["data_version"]
-    rows = leaderboard.rows(tracking.runs_for(data_version), metric)
+    runs = tracking.runs_for(data_version)
+    rows = leaderboard.rows(runs, metric)
+    unranked = [r for r in runs if f"test.{metric.name}" in r["metrics"] and not leaderboard.ranked(r, metric)]
     best = rows[0] if rows else None
     champion = update_champion(best, data_version, cfg)
-    test = compare_top_two(rows)
+    keys = ("run_id", "run_name", "model", f"val.{metric.name}", f"test.{metric.name}")
     summary = {
         "data_version": data_version,
         "metric": cfg.metric,
+        "ranked_on": "validation",
+        "min_delta": cfg.min_delta,
         "n_runs": len(rows),
-        "best": {k: best[k] for k in ("run_id", "run_name", "model", "macro_f1", cfg.metric)} if best else None,
+        "best": {k: best[k] for k in keys} if best else None,
         "champion": champion,
-        "mcnemar": test,
+        "unranked": [{"run_id": r["run_id"], "run_name": r["run_name"]} for r in unranked],
+        "mcnemar": compare_top_two(rows),
+        "seed_groups": leaderboard.seed_groups(rows, metric),
         "leaderboard": rows,
     }
     champion_run = champion["run_id"] if champion else None
-    write_text(
-        root / paths.LEADERBOARD_MD, leaderboard.markdown(rows, champion_run, _intro(summary), _notes(summary, rows))
-    )
+    board = leaderboard.markdown(rows, metric, champion_run, _intro(summary), _notes(summary, rows, metric))
+    write_text(root / paths.LEADERBOARD_MD, board)
     leaderboard.plot(rows, metric, champion_run, root / paths.LEADERBOARD_PNG)
     write_json(root / paths.COMPARE_JSON, summary)
     if best:
         log.info(
-            "best of %d run(s): %s (%s), %s %.4f",
+            "best of %d run(s) on validation: %s (%s), validation %s %.4f",
             len(rows),
             best["run_name"],
             best["model"],
             cfg.metric,
-            best[cfg.metric],
+            best[f"val.{cfg.metric}"],
         )
     return summary
 
 
 def _intro(summary: dict[str, Any]) -> str:
-    """The leaderboard's first paragraph: data version, store, ranking, and the champion."""
+    """The leaderboard's first paragraphs: data version, store, ranking, the promotion rule, the champion."""
+    name = summary["metric"]
     intro = (
-        f"Data version `{summary['data_version']}`: {summary['n_runs']} evaluated run(s) in {tracking.tracking_uri()},"
-        f" ranked by test {summary['metric']} (ties: the earlier run first)."
+        f"Data version `{summary['data_version']}`: {summary['n_runs']} run(s) in {tracking.tracking_uri()},"
+        f" ranked by validation {name} (ties: the earlier run first). Columns marked (test) are scored on the"
+        " test set and shown beside it: they never rank a run nor move the champion."
+    )
+    if summary["unranked"]:
+        names = ", ".join(r["run_name"] for r in summary["unranked"])
+        intro += (
+            f" Not listed: {len(summary['unranked'])} run(s) evaluated before validation was scored ({names});"
+            " evaluate them again to rank them."
+        )
+    rule = (
+        f"The champion moves by itself only to a run on its own data version whose validation {name} is better"
+        f" by at least compare.min_delta = {summary['min_delta']:g}, or to a newer model of its own run; a"
+        " champion from another data version stays until `python -m chestxray promote RUN_ID`."
     )
     c = summary["champion"]
     if c is None:
-        return intro + " No champion yet."
-    value = "–" if c["value"] is None else f"{c['value']:.4f}"
-    return intro + (
+        return f"{intro}\n\n{rule} No champion yet."
+    scores = ", ".join(f"{split} {name} {_value(c[split])}" for split in ("validation", "test"))
+    return f"{intro}\n\n{rule}" + (
         f" Champion ★: `{c['name']}@{CHAMPION}` → version {c['version']}, run {c['run_name']} (`{c['run_id']}`,"
-        f" {c['model']}, {summary['metric']} {value}); {'moved' if c['moved'] else 'not moved'} this time:"
-        f" {c['reason']}."
+        f" {c['model']}, data version {c['data_version']}, {scores}); {'moved' if c['moved'] else 'not moved'}"
+        f" this time: {c['reason']}."
     )
 
 
-def _notes(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """The paragraph under the table: whether the top two differ significantly (McNemar)."""
-    if len(rows) < 2:
+def _value(value: float | None) -> str:
+    """A score to 4 decimals, or a dash."""
+    return leaderboard.MISSING if value is None else f"{value:.4f}"
+
+
+def _notes(summary: dict[str, Any], rows: list[dict[str, Any]], metric: Metric) -> list[str]:
+    """Below the table: McNemar's test of the top two on the test set, and the seed groups."""
+    if not rows:
         return []
+    names = {row["run_id"]: row["run_name"] for row in rows}
+    groups = leaderboard.groups_markdown(summary["seed_groups"], metric, names)
+    if len(rows) < 2:
+        return [groups]
     first, second = rows[0]["run_name"], rows[1]["run_name"]
     t = summary["mcnemar"]
     if t is None:
-        return [f"McNemar's test: #1 {first} and #2 {second} could not be compared (see the stage log)."]
+        return [f"McNemar's test: #1 {first} and #2 {second} could not be compared (see the stage log).", groups]
     verdict = "differ significantly" if t["significant"] else "do not differ significantly"
     note = (
-        f"McNemar's exact test, #1 {first} vs #2 {second} on the same {t['n']} test images: {t['a_only_correct']}"
-        f" right only by #1, {t['b_only_correct']} only by #2, p = {t['p_value']:.4g}: they {verdict} (α = {ALPHA})."
+        f"McNemar's exact test on the test set (reported; it decides nothing), #1 {first} vs #2 {second} on the same"
+        f" {t['n']} test images: {t['a_only_correct']} right only by #1, {t['b_only_correct']} only by #2,"
+        f" p = {t['p_value']:.4g}: on test they {verdict} (α = {ALPHA})."
     )
-    return [note]
+    return [note, groups]
