@@ -470,6 +470,28 @@ def test_a_training_seed_sweep_keeps_one_data_version_and_one_leaderboard_group(
     assert group["validation"]["sd"] == pytest.approx(np.std(val, ddof=1), abs=1e-6)
 
 
+def test_a_run_on_other_data_leaves_the_champion_until_promoted(repo, first_repro):
+    """The reported case: a run on another data version took the alias whatever its score. Now
+    `dvc exp run -S split.seed=7` (other data) leaves the champion where it was, compare.json says
+    why and how to move it, and `python -m chestxray promote` does."""
+    store = f"sqlite:///{repo / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    before = mlflow.MlflowClient(store).get_model_version_by_alias("chestxray", "champion")
+    sh(repo, "dvc", "exp", "run", "-S", "split.seed=7", "-S", "train.epochs=2")
+    summary = metrics(repo, "compare")
+    assert summary["data_version"] != before.tags["data_version"]
+    champion = summary["champion"]
+    assert champion["run_id"] == before.run_id and champion["moved"] is False
+    run_id = summary["best"]["run_id"]
+    assert f"python -m chestxray promote {run_id}" in champion["reason"]
+    client = mlflow.MlflowClient(store)
+    assert client.get_model_version_by_alias("chestxray", "champion").version == before.version
+    sh(repo, "python", "-m", "chestxray", "promote", run_id)
+    after = client.get_model_version_by_alias("chestxray", "champion")
+    assert after.run_id == run_id and after.tags["data_version"] == summary["data_version"]
+    assert after.tags["data.source"] == "synthetic"
+
+
 def test_exp_run_on_kaggle_downloads_with_the_real_client_and_runs_everything(tmp_path, radiography_zip, monkeypatch):
     """`dvc exp run -S data.source=kaggle -S data.task=3class`, the real kaggle client talking to
     a Kaggle stand-in on 127.0.0.1 (Kaggle is unreachable here) serving the real Radiography sample."""
