@@ -38,10 +38,19 @@ def test_train_writes_best_model_metrics_curves_and_mlflow_run(cache_dir, tmp_pa
     assert (run["weights"], run["imbalance"]) == ("none", "class_weight")
     assert metrics["model_mb"] == round((tmp_path / "models" / "model.keras").stat().st_size / 1e6, 2) > 0
     history = pd.read_csv(tmp_path / paths.HISTORY_CSV)  # Keras' CSVLogger
-    assert list(history.columns) == ["epoch", "accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]
+    assert list(history.columns) == [
+        "epoch",
+        "accuracy",
+        "learning_rate",
+        "loss",
+        "val_accuracy",
+        "val_loss",
+        "val_macro_f1",
+    ]
     assert list(history["epoch"]) == [0, 1, 2]  # 0-based, as Keras and the MLflow steps count
     best = history.loc[history["val_loss"].idxmin()]
     assert metrics["best_epoch"] == best["epoch"] and metrics["best_val_loss"] == pytest.approx(best["val_loss"])
+    assert metrics["best_val_macro_f1"] == pytest.approx(best["val_macro_f1"])
     assert read_json(tmp_path / paths.TRAIN_JSON) == metrics
     assert (tmp_path / paths.CURVES_PNG).stat().st_size > 1000
 
@@ -64,6 +73,8 @@ def test_train_writes_best_model_metrics_curves_and_mlflow_run(cache_dir, tmp_pa
     assert logged.data.tags["data_version"] == read_json(cache_dir / "meta.json")["data_version"]
     assert logged.data.tags["data.image_size"] == "32"
     assert [m.step for m in client.get_metric_history(run["run_id"], "val_loss")] == [0, 1, 2]
+    logged_f1 = client.get_metric_history(run["run_id"], "val_macro_f1")
+    assert [m.value for m in sorted(logged_f1, key=lambda m: m.step)] == pytest.approx(list(history["val_macro_f1"]))
     assert logged.data.metrics["train.best_epoch"] == metrics["best_epoch"]
     artifacts = {a.path for a in client.list_artifacts(run["run_id"], "train")}
     assert artifacts == {"train/curves.png", "train/history.csv"}
@@ -117,6 +128,147 @@ def test_two_phase_fine_tuning_from_imagenet(cache_dir, tmp_path, mlflow_store, 
         np.array_equal(w, r)
         for w, r in zip(bn.get_weights(), imagenet.get_layer("Conv_1_bn").get_weights(), strict=True)
     )
+
+
+def input_statistics(model: keras.Model, x: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per BatchNorm layer of a saved small-CNN classifier: the mean and variance (over images and
+    positions) of its input on ``x``, the model run in inference mode, i.e. with its saved statistics."""
+    base = model.get_layer("cnn")
+    images = np.asarray(model.get_layer("preprocess")(x))
+    inputs = {
+        layer.name: keras.Model(base.inputs, layer.input).predict(images, verbose=0)
+        for layer in base.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
+    inputs["head_bn"] = keras.Model(model.inputs, model.get_layer("head_bn").input).predict(x, verbose=0)
+    return {name: statistics(v) for name, v in inputs.items()}
+
+
+def statistics(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel (the last axis): mean and variance over every other axis, in float64."""
+    axes = tuple(range(values.ndim - 1))
+    return values.astype(np.float64).mean(axis=axes), values.astype(np.float64).var(axis=axes)
+
+
+def saved_statistics(model: keras.Model, name: str) -> tuple[np.ndarray, np.ndarray]:
+    layer = model.get_layer("head_bn") if name == "head_bn" else model.get_layer("cnn").get_layer(name)
+    return np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)
+
+
+def test_ema_checkpoint_has_the_batchnorm_statistics_of_its_own_weights(cache_dir, tmp_path, mlflow_store, monkeypatch):
+    """With the weights' moving average, the checkpoint's BatchNorm statistics are those of the averaged
+    weights over the training split. The first BatchNorm layer's input does not depend on how the
+    pass batches the images, so its statistics are checked at batch 16 (8 batches); with one batch per
+    pass (batch 128 > 114 images) every layer's input in training mode is its input in inference mode,
+    so every layer is checked. Without the recompute (``BatchNormPass.run`` made a no-op), the same
+    check fails."""
+    from chestxray.learn.callbacks import BatchNormPass
+
+    x = np.load(cache_dir / "train_x.npy").astype(np.float32)
+    assert len(x) == 114
+    run_training(cache_dir, tmp_path / "batched", **{"train.ema_momentum": 0.9})
+    saved = keras.models.load_model(tmp_path / "batched" / "models" / "model.keras")
+    mean, var = input_statistics(saved, x)["block1_bn1"]
+    assert np.allclose(saved_statistics(saved, "block1_bn1"), (mean, var), rtol=1e-4, atol=1e-6)
+
+    run_training(cache_dir, tmp_path / "one_batch", **{"train.ema_momentum": 0.9, "train.batch_size": 128})
+    saved = keras.models.load_model(tmp_path / "one_batch" / "models" / "model.keras")
+    statistics = input_statistics(saved, x)
+    assert set(statistics) == {"block1_bn1", "block1_bn2", "block2_bn1", "block2_bn2", "head_bn"}
+    for name, (mean, var) in statistics.items():
+        assert np.allclose(saved_statistics(saved, name), (mean, var), rtol=1e-4, atol=1e-6), name
+
+    monkeypatch.setattr(BatchNormPass, "run", lambda self: 0)
+    run_training(cache_dir, tmp_path / "without", **{"train.ema_momentum": 0.9})
+    saved = keras.models.load_model(tmp_path / "without" / "models" / "model.keras")
+    mean, var = input_statistics(saved, x)["block1_bn1"]
+    assert not np.allclose(saved_statistics(saved, "block1_bn1"), (mean, var), rtol=1e-4, atol=1e-6)
+
+
+def test_fine_tuning_starts_from_the_best_head_epoch(cache_dir, tmp_path, mlflow_store, monkeypatch, caplog):
+    """The small CNN stands in for a pretrained base (``is_pretrained`` made true in training only): phase 1
+    trains the head on the frozen random base, phase 2 unfreezes its top layers. A recorder appended to
+    every ``fit`` keeps the weights each epoch ends with (what the checkpoint saves); phase 2 must
+    start from those of phase 1's best epoch, which here is not its last."""
+    from chestxray.learn import training
+
+    monkeypatch.setattr(training, "is_pretrained", lambda name, weights: True)
+    at_epoch_end, at_fit_start = {}, []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            at_epoch_end[epoch] = self.model.get_weights()
+
+    fit = keras.Model.fit
+
+    def recording_fit(self, *args, callbacks, **kwargs):
+        at_fit_start.append(self.get_weights())
+        return fit(self, *args, callbacks=[*callbacks, Recorder()], **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    caplog.set_level("INFO", logger="chestxray.learn.training")
+    _, metrics = run_training(
+        cache_dir,
+        tmp_path,
+        **{
+            "backbones.cnn.learning_rate": 0.05,
+            "train.epochs": 4,
+            "train.fine_tune_epochs": 1,
+            "train.fine_tune_layers": 4,
+            "train.patience": 10,
+        },
+    )
+    history = pd.read_csv(tmp_path / paths.HISTORY_CSV)
+    assert list(history["epoch"]) == [0, 1, 2, 3, 4] and len(at_fit_start) == 2
+    head = history[history["epoch"] < 4]
+    best = int(head.loc[head["val_loss"].idxmin(), "epoch"])
+    assert best < 3, "this setting must give a phase 1 whose best epoch is not its last"
+    same = [np.array_equal(a, b) for a, b in zip(at_fit_start[1], at_epoch_end[best], strict=True)]
+    assert all(same)
+    assert not all(np.array_equal(a, b) for a, b in zip(at_fit_start[1], at_epoch_end[3], strict=True))
+    assert f"fine-tuning starts from the best checkpoint, epoch {best} (val_loss" in caplog.text
+    # the checkpoint is still the best of both phases
+    assert metrics["best_epoch"] == history.loc[history["val_loss"].idxmin(), "epoch"]
+
+
+def test_monitor_val_macro_f1_keeps_the_epoch_with_the_best_validation_macro_f1(cache_dir, tmp_path, mlflow_store):
+    from chestxray.judge.metrics import macro_f1
+
+    _, metrics = run_training(cache_dir, tmp_path, **{"train.monitor": "val_macro_f1", "train.epochs": 5})
+    history = pd.read_csv(tmp_path / paths.HISTORY_CSV)
+    best = history.loc[history["val_macro_f1"].idxmax()]  # the first of equal best values
+    assert best["epoch"] != history.loc[history["val_loss"].idxmin(), "epoch"], "val_loss would keep another"
+    assert metrics["best_epoch"] == best["epoch"] and metrics["best_val_macro_f1"] == pytest.approx(
+        best["val_macro_f1"]
+    )
+    assert metrics["best_val_loss"] == pytest.approx(best["val_loss"])
+
+    # the kept model is that epoch's: its validation macro-F1 and loss, recomputed
+    model = keras.models.load_model(tmp_path / "models" / "model.keras")
+    x = np.load(cache_dir / "val_x.npy").astype(np.float32)
+    y = np.load(cache_dir / "val_y.npy")
+    prob = model.predict(x, verbose=0)
+    cm = np.zeros((4, 4), int)
+    np.add.at(cm, (y, prob.argmax(axis=1)), 1)
+    assert float(macro_f1(cm, 0)) == pytest.approx(best["val_macro_f1"], abs=1e-12)
+    loss = keras.losses.SparseCategoricalCrossentropy()(y, prob)
+    assert float(loss) == pytest.approx(best["val_loss"], rel=1e-3)
+
+
+def test_training_macro_f1_agrees_with_the_judge():
+    """learn/ cannot import judge/metrics.py (a layer above): the two macro-F1 must agree."""
+    from chestxray.judge.metrics import macro_f1 as judged
+    from chestxray.learn.callbacks import confusion_matrix, macro_f1
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        y_true, y_pred = rng.integers(0, 4, 30), rng.integers(0, 4, 30)
+        y_pred[y_pred == 3] = 2  # a class never predicted
+        cm = confusion_matrix(y_true, y_pred, 4)
+        assert cm.sum() == 30 and cm[1].sum() == (y_true == 1).sum() and cm[:, 2].sum() == (y_pred == 2).sum()
+        assert macro_f1(cm) == pytest.approx(float(judged(cm, 0)), abs=1e-12)
+    cm = confusion_matrix(np.array([0, 0, 1]), np.array([0, 1, 1]), 4)  # classes 2 and 3 never occur
+    assert macro_f1(cm) == pytest.approx((2 / 3 + 2 / 3) / 2) == float(judged(cm, 0))
 
 
 def test_class_weights_balance_the_classes():

@@ -1,5 +1,6 @@
-"""Two-phase transfer learning: the head on a frozen pretrained base, then the top layers of the
-base at a lower rate; best checkpoint by ``train.monitor``; every epoch in MLflow and dvc plots."""
+"""Two-phase transfer learning: the head on a frozen pretrained base, then, from the best checkpoint so
+far, the top layers of the base at a lower rate; best checkpoint by ``train.monitor``; every epoch in
+MLflow and dvc plots."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from chestxray.data.cache import cache_meta, load_split
 from chestxray.figures import figure, save_figure
 from chestxray.io import atomic_path, read_json, write_json
 from chestxray.learn import backbones, devices
+from chestxray.learn.callbacks import BatchNormPass, SwapEMAWeightsWithBatchNorm, ValidationMacroF1, monitor_mode
 from chestxray.learn.inputs import augmenter, make_dataset
 from chestxray.learn.models import SparseFocalLoss, build_model, is_pretrained, unfreeze_top
 
@@ -53,9 +55,9 @@ def loss_for(cfg: TrainSettings, y: np.ndarray, classes: Sequence[str]) -> keras
 
 def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     """Train ``params.model`` on ``root``'s image cache; write the best model and its run.json, the
-    metrics, the history and the curves. The MLflow run gets the params the stage reads (``seed``, ``model``,
-    ``backbones.<model>``, ``train``; ``train.seed`` as resolved: the top-level seed when null), the data stages' records as provenance, every
-    epoch's metrics and the curves."""
+    metrics, the history and the curves. The MLflow run gets the params the stage reads (``seed``,
+    ``model``, ``backbones.<model>``, ``train``; ``train.seed`` as resolved: the top-level seed when
+    null), the data stages' records as provenance, every epoch's metrics and the curves."""
     cfg, backbone = params.train, backbones.settings(params)
     seed_everything(cfg.seed, cfg.deterministic)
     cache_dir = root / paths.CACHE_DIR
@@ -76,6 +78,10 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         balanced=cfg.imbalance == "oversample",
     )
     val_ds = make_dataset(x_val, y_val, batch_size, False, cfg.seed)
+    # the batches training sees, without augmentation: for the BatchNorm statistics of the averaged weights
+    bn_images = make_dataset(x_train, y_train, batch_size, True, cfg.seed, balanced=cfg.imbalance == "oversample").map(
+        lambda images, _: images
+    )
     with devices.dtype_policy_scope(policy), strategy.scope():
         model, base = build_model(params.model, size, len(classes), cfg.weights, backbone.constructor_args, cfg.head)
     pretrained = is_pretrained(params.model, cfg.weights)
@@ -102,7 +108,11 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
             {**params.flat("seed", "model", f"backbones.{params.model}", "train"), "resolved": resolved}
         )
         tracking.log_data_records({name: read_json(path) for name, path in records.items() if path.exists()})
-        checkpoint = keras.callbacks.ModelCheckpoint(out / "model.keras", monitor=cfg.monitor, save_best_only=True)
+        mode = monitor_mode(cfg.monitor)
+        checkpoint = keras.callbacks.ModelCheckpoint(
+            out / "model.keras", monitor=cfg.monitor, mode=mode, save_best_only=True
+        )  # one for both phases: its best carries over, so the kept model is the best of both
+        macro_f1 = ValidationMacroF1(val_ds.map(lambda images, _: images), y_val, len(classes))
         csv_log = keras.callbacks.CSVLogger(history_csv, append=True)  # one row per epoch, written as it ends
         to_mlflow = keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: tracking.log_metrics(logs, step=epoch)
@@ -113,6 +123,14 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
                 base.trainable = not pretrained
             else:
                 fine_tune_epoch = epoch
+                start_from = best_epoch(pd.read_csv(history_csv), cfg.monitor)
+                model.load_weights(out / "model.keras")
+                log.info(
+                    "fine-tuning starts from the best checkpoint, epoch %d (%s %.4f)",
+                    start_from["epoch"],
+                    cfg.monitor,
+                    start_from[cfg.monitor],
+                )
                 log.info("fine-tuning: %d trainable layers in the base", unfreeze_top(base, unfreeze))
             with strategy.scope():
                 optimizer = keras.optimizers.Adam(rate, use_ema=cfg.ema_momentum > 0, ema_momentum=cfg.ema_momentum)
@@ -131,12 +149,14 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
                 epochs=epoch + epochs,
                 class_weight=weights,
                 callbacks=[
-                    # before the checkpoint, so validation and checkpoints use the weights' moving average
-                    *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema_momentum else []),
+                    # first, so validation, macro-F1 and checkpoints use the weights' moving average with
+                    # BatchNorm statistics recomputed for it
+                    *([SwapEMAWeightsWithBatchNorm(BatchNormPass(model, bn_images))] if cfg.ema_momentum else []),
+                    macro_f1,  # before every callback that reads val_macro_f1
                     checkpoint,
-                    keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience),
+                    keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
                     keras.callbacks.ReduceLROnPlateau(
-                        monitor=cfg.monitor, factor=0.5, patience=max(1, cfg.patience // 2)
+                        monitor=cfg.monitor, mode=mode, factor=0.5, patience=max(1, cfg.patience // 2)
                     ),
                     csv_log,
                     to_mlflow,
@@ -151,6 +171,7 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
             "best_epoch": int(best["epoch"]),
             "best_val_loss": float(best["val_loss"]),
             "best_val_accuracy": float(best["val_accuracy"]),
+            "best_val_macro_f1": float(best["val_macro_f1"]),
             "epochs_run": len(curves),
             "train_seconds": round(seconds, 1),
             "params": int(model.count_params()),  # the checkpoint has the same architecture
@@ -163,27 +184,33 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         tracking.log_artifacts(history_csv.parent, "train")
         write_json(train_json, metrics)
     log.info(
-        "best epoch %d (of 0..%d): val_loss %.4f, val_accuracy %.4f",
+        "best epoch %d (of 0..%d): val_loss %.4f, val_accuracy %.4f, val_macro_f1 %.4f",
         metrics["best_epoch"],
         metrics["epochs_run"] - 1,
         metrics["best_val_loss"],
         metrics["best_val_accuracy"],
+        metrics["best_val_macro_f1"],
     )
     return metrics
 
 
 def best_epoch(curves: pd.DataFrame, monitor: str) -> pd.Series:
     """The row of the epoch the checkpoint kept (first best value of ``monitor``)."""
-    index = curves[monitor].idxmin() if monitor.endswith("loss") else curves[monitor].idxmax()
+    index = curves[monitor].idxmin() if monitor_mode(monitor) == "min" else curves[monitor].idxmax()
     return curves.loc[index]
 
 
 def plot_history(history: pd.DataFrame, path: Path, fine_tune_start: int | None) -> None:
-    """Training curves: loss and accuracy panels with train/val lines; a dashed vertical line marks
-    ``fine_tune_start``, the epoch where fine-tuning begins, when given."""
+    """Training curves: a loss panel with train/val lines, an accuracy panel with train/val accuracy
+    and the validation macro-F1; a dashed vertical line marks ``fine_tune_start``, the epoch where
+    fine-tuning begins, when given."""
+    panels = {
+        "Loss": (("loss", "train"), ("val_loss", "validation")),
+        "Accuracy": (("accuracy", "train"), ("val_accuracy", "validation"), ("val_macro_f1", "validation macro-F1")),
+    }
     fig, (axes,) = figure((11, 4.2), ncols=2)
-    for ax, metric, title in zip(axes, ("loss", "accuracy"), ("Loss", "Accuracy"), strict=True):
-        for column, label in ((metric, "train"), (f"val_{metric}", "validation")):
+    for ax, (title, lines) in zip(axes, panels.items(), strict=True):
+        for column, label in lines:
             if column in history:
                 ax.plot(history["epoch"], history[column], marker="o", ms=3, label=label)
         if fine_tune_start is not None:
