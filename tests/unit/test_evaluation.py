@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from chestxray.counts import confusion
 from chestxray.judge import metrics as metrics_module
 from chestxray.judge.evaluation import pr_curves, roc_curves
 from chestxray.judge.metrics import (
     METRICS,
     bootstrap_ci,
     classification_metrics,
-    confusion,
     expected_calibration_error,
     reliability,
 )

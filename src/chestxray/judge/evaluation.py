@@ -16,10 +16,11 @@ from sklearn import metrics as skm
 
 from chestxray import paths, tracking
 from chestxray.config import EvaluateSettings, flatten
+from chestxray.counts import confusion
 from chestxray.data.cache import cache_meta, load_split
 from chestxray.io import atomic_path, read_json, write_csv, write_json, write_text
 from chestxray.judge import model_card, plots
-from chestxray.judge.metrics import bootstrap_ci, both_present, classification_metrics, confusion, reliability
+from chestxray.judge.metrics import bootstrap_ci, both_present, classification_metrics, reliability
 from chestxray.judge.operating_point import operating_point
 from chestxray.serve import serving
 from chestxray.serve.decision import decide

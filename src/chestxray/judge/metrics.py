@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from chestxray import counts
 from chestxray.errors import UserError
 from chestxray.tasks import COVID
 
@@ -58,30 +59,14 @@ def number(value: float | None) -> float | None:
     return round(float(value), 6)
 
 
-def _parts(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(true positives, actual, predicted) per class and the total, of a stack of confusion matrices."""
-    tp = np.diagonal(cm, axis1=-2, axis2=-1)
-    return tp, cm.sum(axis=-1), cm.sum(axis=-2), cm.sum(axis=(-2, -1))
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray, undefined: float) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / denominator, undefined)
-
-
 def _precision(cm: np.ndarray) -> np.ndarray:
-    tp, _, predicted, _ = _parts(cm)
-    return _ratio(tp, predicted, 0.0)  # a class never predicted: 0 (as sklearn's zero_division=0)
+    tp, _, predicted, _ = counts.parts(cm)
+    return counts.ratio(tp, predicted, 0.0)  # a class never predicted: 0 (as sklearn's zero_division=0)
 
 
 def _recall(cm: np.ndarray) -> np.ndarray:
-    tp, actual, _, _ = _parts(cm)
-    return _ratio(tp, actual, 0.0)
-
-
-def _f1(cm: np.ndarray, undefined: float) -> np.ndarray:
-    tp, actual, predicted, _ = _parts(cm)
-    return _ratio(2 * tp, actual + predicted, undefined)
+    tp, actual, _, _ = counts.parts(cm)
+    return counts.ratio(tp, actual, 0.0)
 
 
 def _weighted(values: np.ndarray, cm: np.ndarray) -> np.ndarray:
@@ -91,31 +76,30 @@ def _weighted(values: np.ndarray, cm: np.ndarray) -> np.ndarray:
 
 
 def accuracy(cm: np.ndarray, positive: int) -> np.ndarray:
-    tp, _, _, total = _parts(cm)
+    tp, _, _, total = counts.parts(cm)
     return tp.sum(axis=-1) / total
 
 
 def balanced_accuracy(cm: np.ndarray, positive: int) -> np.ndarray:
     """Mean recall over the classes that occur."""
-    tp, actual, _, _ = _parts(cm)
-    return np.nanmean(_ratio(tp, actual, np.nan), axis=-1)
+    tp, actual, _, _ = counts.parts(cm)
+    return np.nanmean(counts.ratio(tp, actual, np.nan), axis=-1)
 
 
 def macro_f1(cm: np.ndarray, positive: int) -> np.ndarray:
-    """Mean F1 over the classes that occur as actual or predicted (a bootstrap resample can miss a
-    rare class; it is left out rather than scored 0)."""
-    return np.nanmean(_f1(cm, np.nan), axis=-1)
+    """``counts.macro_f1``: over the classes that occur as actual or predicted."""
+    return counts.macro_f1(cm)
 
 
 def covid_sensitivity(cm: np.ndarray, positive: int) -> np.ndarray:
-    tp, actual, _, _ = _parts(cm)
-    return _ratio(tp[..., positive], actual[..., positive], np.nan)
+    tp, actual, _, _ = counts.parts(cm)
+    return counts.ratio(tp[..., positive], actual[..., positive], np.nan)
 
 
 def covid_specificity(cm: np.ndarray, positive: int) -> np.ndarray:
-    tp, actual, predicted, total = _parts(cm)
+    tp, actual, predicted, total = counts.parts(cm)
     negatives = total - actual[..., positive]
-    return _ratio(negatives - (predicted[..., positive] - tp[..., positive]), negatives, np.nan)
+    return counts.ratio(negatives - (predicted[..., positive] - tp[..., positive]), negatives, np.nan)
 
 
 def both_present(positive: np.ndarray) -> bool:
@@ -194,7 +178,7 @@ METRICS: tuple[Metric, ...] = (  # in the leaderboard's column order
     Metric("macro_f1", "Macro F1", counts=macro_f1, ci=True, leaderboard=True),
     Metric("accuracy", "Accuracy", counts=accuracy, ci=True, leaderboard=True),
     Metric("balanced_accuracy", "Balanced acc.", counts=balanced_accuracy, ci=True, leaderboard=True),
-    Metric("weighted_f1", "Weighted F1", counts=lambda cm, _: _weighted(_f1(cm, 0.0), cm), leaderboard=True),
+    Metric("weighted_f1", "Weighted F1", counts=lambda cm, _: _weighted(counts.f1(cm, 0.0), cm), leaderboard=True),
     Metric(
         "roc_auc_macro",
         "ROC-AUC (macro)",
@@ -240,11 +224,6 @@ def get(name: str) -> Metric:
     raise UserError(f"params.yaml: compare.metric must be one of {', '.join(m.name for m in METRICS)}, got {name!r}")
 
 
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    """(k, k) int counts; rows are true classes, columns predicted classes."""
-    return skm.confusion_matrix(np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int), labels=range(k))
-
-
 def classification_metrics(
     y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str], bins: int = 10
 ) -> dict[str, Any]:
@@ -253,13 +232,13 @@ def classification_metrics(
     class is the argmax of ``y_prob``; ``bins`` confidence bins give the ECE."""
     y_true, y_prob = _check(y_true, y_prob, classes)
     k, positive = len(classes), list(classes).index(COVID)
-    cm = confusion(y_true, y_prob.argmax(axis=1), k).astype(float)
+    cm = counts.confusion(y_true, y_prob.argmax(axis=1), k).astype(float)
     scores = Scores(y_true, y_prob, bins)
     values = {m.name: number(m.counts(cm, positive) if m.counts is not None else m.scores(scores)) for m in METRICS}
-    precision, recall, f1 = _precision(cm), _recall(cm), _f1(cm, 0.0)
-    tp, actual, predicted, total = _parts(cm)
+    precision, recall, f1 = _precision(cm), _recall(cm), counts.f1(cm, 0.0)
+    tp, actual, predicted, total = counts.parts(cm)
     negatives = total - actual
-    specificity = _ratio(negatives - (predicted - tp), negatives, np.nan)
+    specificity = counts.ratio(negatives - (predicted - tp), negatives, np.nan)
     aucs = one_vs_rest(y_true, y_prob, skm.roc_auc_score)
     pr_aucs = one_vs_rest(y_true, y_prob, skm.average_precision_score)
     per_class = {
