@@ -37,7 +37,8 @@ CI = " [95 % CI]"
 
 def columns(metric: Metric) -> tuple[tuple[str, str], ...]:
     """(row key, title) of the table's columns after the rank: settings, validation ``metric`` (the
-    ranking), the test metrics, the served rule's COVID sensitivity and specificity on test, cost."""
+    ranking), the served rule's threshold and COVID sensitivity and specificity on test, then the
+    argmax rule's test metrics, cost."""
     return (
         ("run_name", "Run"),
         ("model", "Model"),
@@ -47,13 +48,13 @@ def columns(metric: Metric) -> tuple[tuple[str, str], ...]:
         ("epochs", "Epochs"),
         ("seed", "Train seed"),
         (f"val.{metric.name}", f"Validation {metric.title}" + (CI if metric.ci else "")),
+        (f"{OPERATING_POINT}.threshold", f"{COVID} threshold"),
+        (f"{OPERATING_POINT}.sensitivity", f"{COVID} sens. @ threshold (test){CI}"),
+        (f"{OPERATING_POINT}.specificity", f"{COVID} spec. @ threshold (test){CI}"),
         *(
             (f"test.{m.name}", f"{m.title}{' argmax' if m.name in ARGMAX else ''} (test)" + (CI if m.ci else ""))
             for m in BOARD
         ),
-        (f"{OPERATING_POINT}.threshold", f"{COVID} threshold"),
-        (f"{OPERATING_POINT}.sensitivity", f"{COVID} sens. @ threshold (test){CI}"),
-        (f"{OPERATING_POINT}.specificity", f"{COVID} spec. @ threshold (test){CI}"),
         ("train_seconds", "Train s"),
         ("params", "Params"),
         ("model_mb", "Model MB"),
