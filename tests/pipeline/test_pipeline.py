@@ -470,7 +470,7 @@ def test_a_training_seed_sweep_keeps_one_data_version_and_one_leaderboard_group(
         if set(g["runs"]) == {r.info.run_id for r in runs}
     ]
     [group] = groups
-    assert group["n"] == 2 and group["model"] == "cnn"
+    assert group["n"] == 2 and group["model"] == runs[0].data.tags["model"] == runs[1].data.tags["model"]
     assert group["validation"]["mean"] == pytest.approx(np.mean(val), abs=1e-6)
     assert group["validation"]["sd"] == pytest.approx(np.std(val, ddof=1), abs=1e-6)
 
