@@ -544,7 +544,9 @@ def test_compare_json_leaderboard_and_chart(mlflow_store, tmp_path):
     assert "validation macro_f1 0.8840, test macro_f1 0.8000" in board
     rows = [line for line in board.splitlines() if line.startswith("| ")][1:3]
     assert rows[0].startswith("| ★ | 1 |") and rows[1].startswith("|  | 2 |")
-    assert "| 0.884 [0.829, 0.931] | 0.800 [0.745, 0.847] | 0.900 |" in rows[0]
+    # validation ranks; the served rule's threshold, sensitivity and specificity lead the test columns
+    served = "| 0.310 | 0.930 [0.850, 0.980] | 0.770 [0.700, 0.830] |"
+    assert f"| 0.884 [0.829, 0.931] {served} 0.800 [0.745, 0.847] | 0.900 |" in rows[0]
     assert "| 4.200 |" in rows[0] and "| class_weight |" in rows[0]
     assert "McNemar's exact test on the test set (reported; it decides nothing)" in board
     assert f"#1 {names[a]} vs #2 {names[b]} on the same 20 test images: 7 right only by #1, 1 only by #2" in board
