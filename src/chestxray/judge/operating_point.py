@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
+from chestxray import counts
 from chestxray.errors import UserError
 from chestxray.judge.metrics import number
 from chestxray.tasks import COVID
@@ -92,9 +93,9 @@ def called_counts(positive: np.ndarray, scores: np.ndarray, threshold: float) ->
     return int(called[positive].sum()), int(positive.sum()), int((~called[~positive]).sum()), int((~positive).sum())
 
 
-def ratio(k: int, n: int) -> float | None:
-    """``k / n`` as a JSON-ready number; None for n = 0."""
-    return number(k / n) if n else None
+def _share(k: int, n: int) -> float | None:
+    """``k / n`` as a JSON-ready number (``counts.ratio``); None for n = 0."""
+    return number(counts.ratio(k, n, np.nan))
 
 
 def exact_interval(k: int, n: int) -> dict[str, float | None]:
@@ -129,12 +130,12 @@ def operating_point(
         "rule": rule,
         "target_sensitivity": target,
         "target_met": (val_bound if rule == "lower_bound" else val_found / val_positives) >= target,
-        "val_sensitivity": ratio(val_found, val_positives),
+        "val_sensitivity": _share(val_found, val_positives),
         "val_sensitivity_lower_bound": number(val_bound),
-        "val_specificity": ratio(val_rejected, val_negatives),
+        "val_specificity": _share(val_rejected, val_negatives),
         "val_positives": val_positives,
-        "sensitivity": ratio(found, positives),
-        "specificity": ratio(rejected, negatives),
+        "sensitivity": _share(found, positives),
+        "specificity": _share(rejected, negatives),
         "positives": positives,
         "negatives": negatives,
         "ci": {"sensitivity": exact_interval(found, positives), "specificity": exact_interval(rejected, negatives)},
