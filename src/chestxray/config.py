@@ -63,6 +63,7 @@ class DataSettings(Section):
     label_map: dict[str, Literal[CLASSES] | None]
     csv: CsvOptions
     image_size: Annotated[int, Field(ge=32, le=1024)]
+    occlude: Fraction  # side of the central square blacked out in every image (the lungs-removed audit); 0 = off
     local: LocalSettings
     kaggle: KaggleSettings
     synthetic: SyntheticSettings
@@ -161,6 +162,31 @@ class TrainSettings(Section):
     augment: AugmentSettings
 
 
+class ExternalDataset(Section):
+    """One ``evaluate.external`` entry: a dataset the trained model is scored on, never trained on.
+    ``source`` local reads ``path`` (a folder or .zip), kaggle downloads ``dataset`` (owner/slug[/version]);
+    ``layout``, ``task``, ``label_map`` and ``csv`` read it as the ``data.*`` keys of the same names do."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length=64)]  # the metrics' key
+    source: Literal["local", "kaggle"]
+    path: str = ""
+    dataset: str = ""
+    layout: Text = "auto"
+    task: Literal[tuple(TASKS)]
+    label_map: dict[str, Literal[CLASSES] | None] = {}
+    csv: CsvOptions = CsvOptions()
+
+    @model_validator(mode="after")
+    def _where_from(self) -> ExternalDataset:
+        needed = {"local": ("path", self.path), "kaggle": ("dataset", self.dataset)}[self.source]
+        if not needed[1].strip():
+            raise ValueError(
+                f"evaluate.external '{self.name}': source is {self.source} but {needed[0]} is empty; set it"
+                f" ({'a folder or .zip' if self.source == 'local' else 'owner/slug'})"
+            )
+        return self
+
+
 class EvaluateSettings(Section):
     seed: Seed  # the bootstrap resamples
     target_sensitivity: Annotated[float, Field(gt=0, le=1)]
@@ -168,6 +194,21 @@ class EvaluateSettings(Section):
     bootstrap: Annotated[int, Field(ge=1000, le=100_000)]
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
     gradcam_images: Annotated[int, Field(ge=1, le=100)]
+    external: list[ExternalDataset]  # scored by the audit stage
+
+    @field_validator("external")
+    @classmethod
+    def _unique_names(cls, external: list[ExternalDataset]) -> list[ExternalDataset]:
+        names = [e.name for e in external]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"evaluate.external: the name {twice[0]!r} is used twice; give each dataset its own name")
+        return external
+
+
+class AuditSettings(Section):
+    occlude: OpenFraction  # test-time occlusion: side of the central box removed, or kept alone
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=256)]  # leakage audit; at least validate's
+    min_source_images: Annotated[int, Field(ge=1, le=1_000_000)]  # per-source metrics need this many test images
 
 
 class CompareSettings(Section):
@@ -196,6 +237,7 @@ class Params(Section):
     train: TrainSettings
     evaluate: EvaluateSettings
     compare: CompareSettings
+    audit: AuditSettings
     backbones: dict[str, BackboneSettings]
 
     model_config = ConfigDict(populate_by_name=True)
@@ -220,6 +262,16 @@ class Params(Section):
             raise ValueError(
                 f"train.focal.alpha must be 'balanced' or a weight > 0 for each class: {', '.join(classes)};"
                 f" got {alpha}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _audit_looser_than_split(self) -> Params:
+        audit, split = self.audit.near_duplicate_distance, self.validate_.near_duplicate_distance
+        if audit < split:
+            raise ValueError(
+                f"audit.near_duplicate_distance ({audit}) is below validate.near_duplicate_distance ({split}):"
+                " the leakage audit must look further than the split's grouping; raise it"
             )
         return self
 

@@ -11,6 +11,7 @@ MANIFEST_CSV = "data/interim/manifest.csv"  # the clean images, one row each, wi
 REJECTED_CSV = "data/interim/rejected.csv"  # the rejected files and why
 SPLIT_CSV = "data/processed/split.csv"  # path, label, split, group; its hash is the data version
 CACHE_DIR = "data/processed/cache"  # uint8 images per split at data.image_size
+EXTERNAL_DIR = "data/external"  # evaluate.external datasets as downloaded or extracted, one folder per name
 MODEL_DIR = "models"  # the best checkpoint (model.keras) and run.json
 
 DOWNLOAD_JSON = "metrics/download.json"
@@ -18,6 +19,7 @@ VALIDATE_JSON = "metrics/validate.json"
 SPLIT_JSON = "metrics/split.json"
 TRAIN_JSON = "metrics/train.json"
 EVALUATE_JSON = "metrics/evaluate.json"
+AUDIT_JSON = "metrics/audit.json"
 COMPARE_JSON = "metrics/compare.json"
 
 VALIDATION_DOCS_DIR = "reports/validation"  # Great Expectations Data Docs
@@ -34,6 +36,7 @@ ROC_PNG = "reports/evaluate/roc.png"
 PR_PNG = "reports/evaluate/pr.png"
 RELIABILITY_PNG = "reports/evaluate/reliability.png"
 GRADCAM_DIR = "reports/gradcam"
+AUDIT_DIR = "reports/audit"  # the shortcut audit's tables and plots
 MODEL_CARD_MD = "reports/model_card.md"
 LEADERBOARD_MD = "reports/leaderboard.md"
 LEADERBOARD_PNG = "reports/leaderboard.png"
