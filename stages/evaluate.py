@@ -1,4 +1,4 @@
-"""evaluate: test-split metrics with CIs, operating point, plots, Grad-CAM, model card, MLflow model."""
+"""evaluate: validation and test metrics with CIs, operating point, plots, Grad-CAM, MLflow model."""
 
 from chestxray.judge.evaluation import evaluate_model
 from chestxray.stage import run_stage

@@ -1,4 +1,5 @@
-"""prepare: decode and resize every image once into the uint8 cache that training streams."""
+"""prepare: decode and resize every image once into the uint8 cache that training streams (with the
+central box blacked out when data.occlude > 0: the lungs-removed audit)."""
 
 from pathlib import Path
 
@@ -7,4 +8,7 @@ from chestxray.data.cache import prepare_cache
 from chestxray.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage("prepare", lambda p: prepare_cache(Path(paths.SPLIT_CSV), Path(paths.CACHE_DIR), p.data.image_size))
+    run_stage(
+        "prepare",
+        lambda p: prepare_cache(Path(paths.SPLIT_CSV), Path(paths.CACHE_DIR), p.data.image_size, p.data.occlude),
+    )

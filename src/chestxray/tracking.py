@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "chestxray"
 OWNER = "owner."  # tags owner.host, owner.pid, owner.pid_start: the process that started the run
+AUDIT_TAG, BORDER_ONLY = "audit", "border-only"  # an audit run: trained and scored without the image's centre
 RESUMED = "resumed"  # while a run is resumed: JSON of the resuming process and the run's status and end time before
 
 
@@ -79,9 +80,10 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
-def run_tags(model: str, data_version: str, image_size: int) -> dict[str, str]:
-    """Tags every training run carries: stage, backbone, data version and image size, git commit,
-    DVC experiment."""
+def run_tags(model: str, data_version: str, image_size: int, occlude: float = 0.0) -> dict[str, str]:
+    """Tags every training run carries: stage, backbone, data version, image size and occlusion, git
+    commit, DVC experiment; and ``audit: border-only`` on a run that never saw the image's centre
+    (``data.occlude`` > 0): an audit run, which never becomes champion."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -91,6 +93,8 @@ def run_tags(model: str, data_version: str, image_size: int) -> dict[str, str]:
         "model": model,
         "data_version": data_version,
         "data.image_size": str(image_size),
+        "data.occlude": str(occlude),
+        **({AUDIT_TAG: BORDER_ONLY} if occlude else {}),
         "mlflow.source.git.commit": commit,
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
@@ -331,6 +335,12 @@ def download_artifact(run_id: str, path: str, dst: Path) -> Path | None:
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return None
         raise
+
+
+def log_artifact_to(run_id: str, path: Path) -> None:
+    """Copy the file ``path`` into the artifacts of run ``run_id`` (at the top), replacing one of the
+    same name, without resuming the run."""
+    _client().log_artifact(run_id, str(path))
 
 
 def logged_model_ids(run_id: str, name: str = "model") -> list[tuple[str, str]]:

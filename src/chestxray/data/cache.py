@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from chestxray.data import occlusion
 from chestxray.data.images import load_gray
 from chestxray.data.split_table import SPLITS, data_version
 from chestxray.io import atomic_path, read_json, write_json
@@ -21,11 +22,16 @@ log = logging.getLogger(__name__)
 
 
 def prepare_cache(
-    split_csv: Path, cache_dir: Path, image_size: int, load: Callable[[Path, int], np.ndarray] = load_gray
+    split_csv: Path,
+    cache_dir: Path,
+    image_size: int,
+    occlude: float = 0.0,
+    load: Callable[[Path, int], np.ndarray] = load_gray,
 ) -> dict[str, Any]:
     """Decode every image of the split table once into ``<split>_x.npy`` (N, S, S, 1) uint8,
     with labels in ``<split>_y.npy`` and the row order in ``<split>.csv`` (path, label and group:
-    the split table's, else the path). ``load(path, size)``
+    the split table's, else the path). ``occlude`` > 0 blacks out the central box of that side in
+    every image of every split (the lungs-removed audit; the data version stays). ``load(path, size)``
     gives one image as (S, S) uint8 (the benchmarks pass generated pixels)."""
     table = pd.read_csv(split_csv, keep_default_na=False)
     classes = sorted(table["label"].unique())
@@ -40,6 +46,8 @@ def prepare_cache(
             )
             for i, path in enumerate(tqdm(rows["path"], desc=f"cache {split}", unit="img")):
                 x[i, ..., 0] = load(Path(path), image_size)
+                if occlude:
+                    x[i] = occlusion.occlude(x[i], occlude)
             x.flush()
             del x
             np.save(tmp / f"{split}_y.npy", rows["label"].map(index).to_numpy(np.int64))
@@ -48,6 +56,7 @@ def prepare_cache(
         meta = {
             "classes": classes,
             "image_size": image_size,
+            "occlude": occlude,
             "counts": {s: int((table["split"] == s).sum()) for s in SPLITS},
             "data_version": data_version(split_csv),
         }
@@ -62,5 +71,5 @@ def load_split(cache_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cache_meta(cache_dir: Path) -> dict[str, Any]:
-    """Class names (index order), image size, counts and data version of the cache."""
+    """Class names (index order), image size, occlusion, counts and data version of the cache."""
     return read_json(cache_dir / "meta.json")

@@ -18,7 +18,7 @@ from chestxray import paths, tracking
 from chestxray.config import CompareSettings
 from chestxray.errors import UserError
 from chestxray.io import read_json, write_json, write_text
-from chestxray.judge import leaderboard, metrics
+from chestxray.judge import audit_runs, leaderboard, metrics
 from chestxray.judge.metrics import Metric
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,11 @@ def promote(run_id: str, cfg: CompareSettings) -> dict[str, Any]:
     run = tracking.get_run(run_id)
     if run is None:
         raise UserError(f"promote: no run {run_id} in {tracking.tracking_uri()}")
+    if audit_runs.is_audit(run):
+        raise UserError(
+            f"promote: run {run_id} is a border-only audit run (data.occlude {run['tags'].get('data.occlude')}): it"
+            " never saw the centre of the images and cannot be champion; promote a run trained on whole images"
+        )
     version = register(run, cfg)
     if version is None:
         raise UserError(f"promote: run {run_id} logged no model 'model' (not evaluated yet?); nothing to promote")
@@ -264,8 +269,11 @@ def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]
     runs = tracking.runs_for(data_version)
     rows = leaderboard.rows(runs, metric)
     unranked = [r for r in runs if f"test.{metric.name}" in r["metrics"] and not leaderboard.ranked(r, metric)]
-    best = rows[0] if rows else None
+    contenders = [row for row in rows if not row["audit"]]  # audit runs are ranked, never champion
+    best = contenders[0] if contenders else None
     champion = update_champion(best, data_version, cfg)
+    if champion is not None and champion["data_version"] == data_version:
+        audit_runs.refresh_card(champion["run_id"], data_version)
     keys = ("run_id", "run_name", "model", f"val.{metric.name}", f"test.{metric.name}")
     summary = {
         "data_version": data_version,
@@ -276,7 +284,8 @@ def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]
         "best": {k: best[k] for k in keys} if best else None,
         "champion": champion,
         "unranked": [{"run_id": r["run_id"], "run_name": r["run_name"]} for r in unranked],
-        "mcnemar": compare_top_two(rows),
+        "audit_runs": [row["run_id"] for row in rows if row["audit"]],
+        "mcnemar": compare_top_two(contenders),
         "seed_groups": leaderboard.seed_groups(rows, metric),
         "leaderboard": rows,
     }
@@ -287,8 +296,8 @@ def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]
     write_json(root / paths.COMPARE_JSON, summary)
     if best:
         log.info(
-            "best of %d run(s) on validation: %s (%s), validation %s %.4f",
-            len(rows),
+            "best of %d candidate run(s) on validation: %s (%s), validation %s %.4f",
+            len(contenders),
             best["run_name"],
             best["model"],
             cfg.metric,
@@ -310,6 +319,12 @@ def _intro(summary: dict[str, Any]) -> str:
         intro += (
             f" Not listed: {len(summary['unranked'])} run(s) evaluated before validation was scored ({names});"
             " evaluate them again to rank them."
+        )
+    if summary["audit_runs"]:
+        intro += (
+            f" {len(summary['audit_runs'])} of them are border-only audit runs (column Input): trained and tested"
+            " without the centre of the images, they show how much of the score needs no lungs, and never become"
+            " champion."
         )
     rule = (
         f"The champion moves by itself only to a run on its own data version whose validation {name} is better"
@@ -333,14 +348,15 @@ def _value(value: float | None) -> str:
 
 
 def _notes(summary: dict[str, Any], rows: list[dict[str, Any]], metric: Metric) -> list[str]:
-    """Below the table: McNemar's test of the top two on the test set, and the seed groups."""
+    """Below the table: McNemar's test of the top two (audit runs aside) on the test set, and the seed groups."""
     if not rows:
         return []
     names = {row["run_id"]: row["run_name"] for row in rows}
     groups = leaderboard.groups_markdown(summary["seed_groups"], metric, names)
-    if len(rows) < 2:
+    contenders = [row for row in rows if not row["audit"]]
+    if len(contenders) < 2:
         return [groups]
-    first, second = rows[0]["run_name"], rows[1]["run_name"]
+    first, second = contenders[0]["run_name"], contenders[1]["run_name"]
     t = summary["mcnemar"]
     if t is None:
         return [f"McNemar's test: #1 {first} and #2 {second} could not be compared (see the stage log).", groups]

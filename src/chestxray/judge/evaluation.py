@@ -1,7 +1,7 @@
 """The evaluate stage: the trained model scored on the validation split (what compare chooses by) and
 on the test split (reported, never chosen by), the operating point chosen on validation, the test
-predictions, curves and plots, the Grad-CAM gallery, the model card, and all of it with the servable
-model on the training run in MLflow."""
+predictions, curves and plots, the Grad-CAM gallery, and all of it with the servable model on the
+training run in MLflow. (The audit stage, after it, writes the model card.)"""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from chestxray import paths, tracking
 from chestxray.config import EvaluateSettings, flatten
 from chestxray.counts import confusion
 from chestxray.data.cache import cache_meta, load_split
-from chestxray.io import atomic_path, read_json, write_csv, write_json, write_text
-from chestxray.judge import model_card, plots
+from chestxray.io import atomic_path, read_json, write_csv, write_json
+from chestxray.judge import plots
 from chestxray.judge.metrics import bootstrap_ci, both_present, classification_metrics, reliability
 from chestxray.judge.operating_point import operating_point
 from chestxray.serve import serving
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, Any]:
     """Score ``root``'s trained model on the validation and test splits of its cache; write
     ``metrics/evaluate.json`` (test metrics at the top, ``validation``, ``operating_point``), the
-    tables and plots of ``reports/evaluate/``, the Grad-CAM gallery and the model card; log them
+    tables and plots of ``reports/evaluate/`` and the Grad-CAM gallery; log them
     (``test.*``, ``val.*``), the evaluate settings (as tags: a run is evaluated again when only they
     change, and MLflow params cannot change) and the servable model to the training run."""
     # Imported here: they load TensorFlow; models also registers the custom layer and the focal
@@ -61,8 +61,6 @@ def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, A
     images = rows["test"]["path"]
     write_plots(y, prob, classes, images, metrics, cfg.calibration_bins, root)
     gallery(model, x, y, prob, classes, images, root / paths.GRADCAM_DIR, cfg.gradcam_images)
-    records = (read_json(root / path) for path in (paths.TRAIN_JSON, paths.SPLIT_JSON, paths.DOWNLOAD_JSON))
-    write_text(root / paths.MODEL_CARD_MD, model_card.render(run, metrics, *records, cfg.bootstrap))
     # evaluate.json tells DVC the stage is done: written first beside its place (a read-only
     # metrics/ fails before the slow logging), renamed into place only once the logging succeeded.
     with atomic_path(root / paths.EVALUATE_JSON) as evaluate_json:
@@ -71,11 +69,7 @@ def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, A
             tracking.set_tags(flatten({"evaluate": cfg.model_dump()}))
             tracking.log_metrics({k: v for k, v in metrics.items() if k != "validation"}, prefix="test.")
             tracking.log_metrics(metrics["validation"], prefix="val.")
-            for path, artifact_path in (
-                (paths.EVALUATE_DIR, "evaluate"),
-                (paths.GRADCAM_DIR, "gradcam"),
-                (paths.MODEL_CARD_MD, None),
-            ):
+            for path, artifact_path in ((paths.EVALUATE_DIR, "evaluate"), (paths.GRADCAM_DIR, "gradcam")):
                 tracking.log_artifacts(root / path, artifact_path)
             serving.log_model(model_dir / "model.keras", classes, run["image_size"], metrics["operating_point"])
     op = metrics["operating_point"]

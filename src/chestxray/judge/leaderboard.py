@@ -25,6 +25,7 @@ from matplotlib.patches import Rectangle
 from chestxray.figures import figure, save_figure
 from chestxray.judge.metrics import METRICS, Metric, number
 from chestxray.tasks import COVID
+from chestxray.tracking import AUDIT_TAG, BORDER_ONLY
 
 MISSING = "–"
 SPLITS = ("val", "test")  # the MLflow prefixes of evaluate's validation and test scores
@@ -44,6 +45,7 @@ def columns(metric: Metric) -> tuple[tuple[str, str], ...]:
         ("model", "Model"),
         ("weights", "Weights"),
         ("image_size", "Image size"),
+        ("input", "Input"),
         ("imbalance", "Imbalance"),
         ("epochs", "Epochs"),
         ("seed", "Train seed"),
@@ -92,6 +94,8 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
         "model": tags.get("model", p.get("model")),
         "weights": p.get("train.weights"),
         "image_size": tags.get("data.image_size"),
+        "input": _input(tags.get("data.occlude")),
+        "audit": tags.get(AUDIT_TAG) == BORDER_ONLY,
         "imbalance": p.get("train.imbalance"),
         "epochs": _int(m.get("train.epochs_run")),
         "seed": _int_param(p.get("train.seed")),
@@ -117,10 +121,10 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
 
 def setting(run: Mapping[str, Any]) -> str:
     """12 hex digits naming everything that made the run but its seeds: its params without ``train.seed``,
-    ``seed`` and ``resolved.*``, its ``evaluate.*`` tags and its data version. Runs with equal
+    ``seed`` and ``resolved.*``, its ``evaluate.*`` tags, its data version and occlusion. Runs with equal
     settings differ only in their seeds."""
     params = {k: v for k, v in run["params"].items() if k not in SEEDS and not k.startswith("resolved.")}
-    tags = {k: v for k, v in run["tags"].items() if k.startswith("evaluate.") or k == "data_version"}
+    tags = {k: v for k, v in run["tags"].items() if k.startswith("evaluate.") or k in ("data_version", "data.occlude")}
     text = json.dumps({"params": params, "tags": tags}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -242,6 +246,12 @@ def plot(rows: Sequence[Mapping[str, Any]], metric: Metric, champion_run_id: str
         labels.insert(0, "champion")
     ax.legend(handles=handles, labels=labels, loc="upper left", bbox_to_anchor=(1.01, 1))
     save_figure(fig, path)
+
+
+def _input(occlude: str | None) -> str:
+    """What the run saw: the whole image, or the border only (an audit run, ``data.occlude`` > 0)."""
+    side = float(occlude or 0)
+    return f"border only (centre {side:.0%} blacked out; audit)" if side else "whole image"
 
 
 def _int(value: float | None) -> int | None:

@@ -41,16 +41,19 @@ def render(
     split: Mapping[str, Any],
     download: Mapping[str, Any],
     resamples: int,
+    audit: Mapping[str, Any],
 ) -> str:
-    """The card as Markdown, from run.json, evaluate.json, train.json, split.json, download.json. It
-    leads with the served rule (the operating point); the metric tables are the argmax rule's, on
-    validation (what compare chooses by) and on test (reported once)."""
+    """The card as Markdown, from run.json, evaluate.json, train.json, split.json, download.json and
+    the audit (audit.json's content). It leads with the served rule (the operating point); the metric
+    tables are the argmax rule's, on validation (what compare chooses by) and on test (reported once);
+    the shortcut audit puts its numbers beside them."""
     val = metrics["validation"]
     lines = [
         f"# Model card: {run['model']}",
         "",
-        f"Written by the evaluate stage for MLflow run `{run['run_id']}` (model `runs:/{run['run_id']}/model`).",
+        f"Written by the audit stage for MLflow run `{run['run_id']}` (model `runs:/{run['run_id']}/model`).",
         "",
+        *(_audit_run_banner(run["occlude"]) if run["occlude"] else []),
         "## Model",
         (
             f"- Backbone `{run['model']}`, {'ImageNet' if run['weights'] == 'imagenet' else 'random'} initial weights,"
@@ -106,6 +109,7 @@ def render(
             for name, m in metrics["per_class"].items()
         ),
         "",
+        *shortcut_audit(audit, len(run["classes"])),
         "## Known limitations",
         "",
         *(f"- {text}" for text in _limitations(download)),
@@ -224,3 +228,205 @@ def _ci(ci: Mapping[str, Any] | None) -> str:
 
 def _span(ci: Mapping[str, float | None]) -> str:
     return f"[{_fmt(ci['low'])}, {_fmt(ci['high'])}]"
+
+
+BORDER_ONLY_START, BORDER_ONLY_END = "<!-- border-only -->", "<!-- /border-only -->"  # compare rewrites it
+
+
+def _audit_run_banner(occlude: float) -> list[str]:
+    return [
+        (
+            f"**This is an audit run.** It was trained and tested with the central {occlude:.0%} × {occlude:.0%} of"
+            " every image (most of both lung fields) blacked out (`data.occlude`), to measure how much of the task"
+            " can be done without the lungs. It is ranked on the leaderboard but never becomes champion."
+        ),
+        "",
+    ]
+
+
+def _reading(value: float | None, headline: float, chance: float) -> float | None:
+    """How much of the headline's lead over chance ``value`` keeps (1: all of it, 0: none)."""
+    if value is None or headline <= chance:
+        return None
+    return (value - chance) / (headline - chance)
+
+
+def border_only_block(border_only: Mapping[str, Any] | None, headline: float, k: int) -> list[str]:
+    """The paragraph on the best border-only audit run of the data version, between markers so that
+    compare can rewrite it on the champion's card when a better one is run later."""
+    chance = 1 / k
+    if border_only is None:
+        text = (
+            "No border-only audit run on this data version yet. To measure how much of the score is available"
+            " without the lungs, train the same recipe with the centre of every image blacked out:"
+            " `dvc exp run -S data.occlude=0.6`."
+        )
+    else:
+        b = border_only["test"]
+        kept = _reading(b, headline, chance)
+        text = (
+            f"**A model that never saw the centre of the images** (audit run `{border_only['run_name']}`,"
+            f" `{border_only['model']}`, central {border_only['occlude']:.0%} × {border_only['occlude']:.0%} blacked"
+            f" out in training and test, chosen on validation) scores test macro-F1 **{_fmt(b)}**, against"
+            f" {_fmt(headline)} for this model; guessing scores about {chance:.2f}. "
+        )
+        if kept is None:
+            text += "This model does not beat guessing, so the comparison says nothing."
+        elif kept >= 0.8:
+            text += (
+                "Nearly all of what this model scores can be had without looking at the lungs: the images carry"
+                " their class outside the lungs (the patient's age and body size, the hospital, the scanner, text"
+                " markers). Read the headline as the ability to tell the datasets' sources apart, not as the ability"
+                " to see COVID-19 in the lungs."
+            )
+        elif kept >= 0.4:
+            text += (
+                "Much of what this model scores can be had without looking at the lungs: part of the headline comes"
+                " from cues outside them (age, hospital, scanner, markers), not from the disease."
+            )
+        else:
+            text += "Without the lungs a model does much worse: most of the signal lies in the lungs."
+    return [BORDER_ONLY_START, text, BORDER_ONLY_END]
+
+
+def shortcut_audit(result: Mapping[str, Any], k: int) -> list[str]:
+    """The "Shortcut audit" section: the audit's numbers beside the headline, in plain words."""
+    a = result["audit"]
+    headline, chance, side = a["headline"]["macro_f1"], 1 / k, f"{a['occlude']:.0%} × {a['occlude']:.0%}"
+    occluded = a["occluded"]["macro_f1"]
+    kept = _reading(occluded, headline, chance)
+    lines = [
+        "## Shortcut audit",
+        "",
+        (
+            "Public COVID-19 X-ray collections put each class together from different hospitals, scanners and age"
+            " groups, and models trained on them are known to learn the source instead of the disease. These"
+            " checks measure how much of this model's score depends on the lungs. They are on the test split."
+        ),
+        "",
+        "| what the model was shown | macro-F1 (test) | accuracy (test) |",
+        "|---|---|---|",
+        f"| the whole image (the headline above) | {_fmt(headline)} | {_fmt(a['headline']['accuracy'])} |",
+        f"| the image with its central {side} blacked out | {_fmt(occluded)} | {_fmt(a['occluded']['accuracy'])} |",
+        (
+            f"| only the central {side} (the rest blacked out) | {_fmt(a['lungs_only']['macro_f1'])} |"
+            f" {_fmt(a['lungs_only']['accuracy'])} |"
+        ),
+        f"| guessing | about {chance:.2f} | |",
+        "",
+    ]
+    if kept is not None:
+        lines += [
+            (
+                f"Blacking out the centre of the test images {'barely changes' if kept >= 0.8 else 'lowers'} this"
+                f" model's macro-F1 ({_fmt(headline)} → {_fmt(occluded)}): "
+                + (
+                    "it decides largely without the lungs."
+                    if kept >= 0.8
+                    else "it relies on what lies in the centre. (A black box is also unlike anything it was trained"
+                    " on, so part of the drop may come from that; the border-only run below has no such excuse.)"
+                )
+            ),
+            "",
+        ]
+    lines += [*border_only_block(result["border_only"], headline, k), "", *_where_it_looks(a["gradcam_in_lungs"])]
+    lines += [*_per_source(result["per_source"]), *_external(result["external"], headline), *_leakage(result)]
+    return lines
+
+
+def _where_it_looks(cam: Mapping[str, Any] | None) -> list[str]:
+    if cam is None:
+        return ["**Where the model looks**: this dataset ships no lung masks, so it was not measured.", ""]
+    per_class = ", ".join(
+        f"{c} {_fmt(v)}" for c, v in cam.items() if c not in ("overall", "n", "lung_area") and v is not None
+    )
+    looks = "less than" if cam["overall"] < cam["lung_area"] else "more than"
+    return [
+        (
+            f"**Where the model looks**: of the model's Grad-CAM mass (what drove its answer) over {cam['n']:,} test"
+            f" images with a lung mask, **{cam['overall']:.0%}** falls inside the lung fields, which cover"
+            f" {cam['lung_area']:.0%} of the image: {looks} a model looking everywhere evenly would put there."
+            f" By true class: {per_class}."
+        ),
+        "",
+    ]
+
+
+def _per_source(by_source: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    if not by_source:
+        return [
+            "**Per source**: the dataset records no image source, or no source has enough test images"
+            " (`audit.min_source_images`).",
+            "",
+        ]
+    rows = [
+        f"| {name} | {s['n']} | {_fmt(s['accuracy'])} | {_fmt(s['macro_f1'])} | "
+        + ", ".join(f"{c} {n}" for c, n in s["classes"].items())
+        + " |"
+        for name, s in by_source.items()
+    ]
+    return [
+        (
+            "**Per source** (where the images came from, as the dataset records it). A source whose test images"
+            " are all of one class has no macro-F1 (–): in it, the class and the source cannot be told apart."
+        ),
+        "",
+        "| source | test images | accuracy | macro-F1 | classes |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def _external(external: Mapping[str, Mapping[str, Any]], headline: float) -> list[str]:
+    if not external:
+        return [
+            (
+                "**External validation**: none (`evaluate.external` is empty). Every number on this card comes from"
+                " the same sources as the training images: it is internal validation only."
+            ),
+            "",
+        ]
+    rows = [
+        f"| {name} | {e['task']} | {e['n']} | {_fmt(e['macro_f1'])} {_ci(e['ci'].get('macro_f1'))} |"
+        f" {_fmt(e['accuracy'])} | {_fmt(e['covid_sensitivity'])} | {_fmt(e['covid_specificity'])} |"
+        f" {e['in_training']} |"
+        for name, e in external.items()
+    ]
+    return [
+        (
+            "**External validation**: datasets from other sources, never trained on, scored with the model's"
+            f" classes mapped onto theirs. Compare their macro-F1 with the internal {_fmt(headline)}: a large drop"
+            " means the internal score does not carry over to other hospitals."
+        ),
+        "",
+        "| dataset | task | images | macro-F1 [95 % CI] | accuracy | COVID sensitivity | COVID specificity |"
+        " left out (in training) |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def _leakage(result: Mapping[str, Any]) -> list[str]:
+    leak = result["leakage"]
+    near = leak["nearest_train_distance"]
+    pairs = sum(leak["cross_split_pairs"].values())
+    return [
+        (
+            f"**Near copies across splits**: each test image's nearest training image is at least {near['min']} bits"
+            f" apart (median {near['median']:g}) of 256 perceptual-hash bits. {pairs} pair(s) of images in different"
+            f" splits are within {leak['audit_distance']} bits (the split keeps images within"
+            f" {leak['split_distance']} bits together, so its own check finds none by construction; measured copies"
+            " that were only resized or re-encoded stayed within that). See `audit/nearest_train.png`."
+        ),
+        "",
+    ]
+
+
+def replace_block(card: str, block: list[str]) -> str | None:
+    """``card`` with its border-only paragraph replaced by ``block``; None if it has none."""
+    start, end = card.find(BORDER_ONLY_START), card.find(BORDER_ONLY_END)
+    if start < 0 or end < start:
+        return None
+    return card[:start] + "\n".join(block) + card[end + len(BORDER_ONLY_END) :]

@@ -63,6 +63,13 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     cache_dir = root / paths.CACHE_DIR
     meta = cache_meta(cache_dir)
     classes, size, data_version = meta["classes"], meta["image_size"], meta["data_version"]
+    if meta["occlude"]:
+        log.warning(
+            "data.occlude %g: training on images without their central %g %% box (the lungs-removed audit);"
+            " this run is an audit run and never becomes champion",
+            meta["occlude"],
+            100 * meta["occlude"],
+        )
     policy, strategy = devices.dtype_policy(cfg.mixed_precision), devices.strategy(cfg.distribute)
     batch_size = cfg.batch_size * strategy.num_replicas_in_sync
     log.info("%d replica(s), global batch %d, dtype policy %s", strategy.num_replicas_in_sync, batch_size, policy)
@@ -101,7 +108,7 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     with (
         atomic_path(root / paths.TRAIN_JSON) as train_json,
         atomic_path(root / paths.MODEL_DIR, is_dir=True) as out,
-        tracking.run(tracking.run_tags(params.model, data_version, size)) as run_id,
+        tracking.run(tracking.run_tags(params.model, data_version, size, meta["occlude"])) as run_id,
     ):
         resolved = {"dtype_policy": policy, "replicas": strategy.num_replicas_in_sync, "global_batch_size": batch_size}
         tracking.log_params(
@@ -179,7 +186,8 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         }
         tracking.log_metrics(metrics, prefix="train.")
         run = {"run_id": run_id, "model": params.model, "weights": cfg.weights, "imbalance": cfg.imbalance}
-        write_json(out / "run.json", {**run, "classes": classes, "image_size": size, "data_version": data_version})
+        data = {"classes": classes, "image_size": size, "occlude": meta["occlude"], "data_version": data_version}
+        write_json(out / "run.json", {**run, **data})
         plot_history(curves, root / paths.CURVES_PNG, fine_tune_start=fine_tune_epoch)
         tracking.log_artifacts(history_csv.parent, "train")
         write_json(train_json, metrics)
