@@ -78,11 +78,12 @@ def log_run(
     servable: bool = False,
     preds: pd.DataFrame | None = None,
     tmp_path: Path | None = None,
+    occlude: float = 0.0,
 ) -> str:
-    """A trained run as train logs it; scored on validation (``val.*``) and on test (``test.*``,
-    with the operating point) as evaluate logs them, where given; with a pyfunc ``model`` and an
-    ``evaluate/predictions.csv`` when asked."""
-    with tracking.run(tracking.run_tags(model, version, image_size=64)) as run_id:
+    """A trained run as train logs it (``occlude`` > 0: a border-only audit run); scored on validation
+    (``val.*``) and on test (``test.*``, with the operating point) as evaluate logs them, where given;
+    with a pyfunc ``model`` and an ``evaluate/predictions.csv`` when asked."""
+    with tracking.run(tracking.run_tags(model, version, image_size=64, occlude=occlude)) as run_id:
         train = {"weights": "none", "imbalance": "class_weight", "epochs": epochs, "seed": seed}
         tracking.log_params({"seed": 42, "model": model, "train": train, "resolved": {"replicas": 1}})
         tracking.log_data_records({"download": {"source": "kaggle", "slug": "owner/radiography"}})
@@ -471,6 +472,55 @@ def test_promote_command_moves_the_alias_and_refuses_in_one_line(mlflow_store, t
 def test_promote_refuses_an_unknown_run(mlflow_store):
     with pytest.raises(UserError, match="no run nope in"):
         promote("nope", settings())
+
+
+# Audit runs (border only)
+
+
+def test_a_border_only_audit_run_is_ranked_but_never_champion_and_cannot_be_promoted(mlflow_store, tmp_path):
+    audit = log_run("cnn", "v1", 0.95, 0.93, servable=True, occlude=0.6)  # best on validation, by far
+    plain = log_run("cnn", "v1", 0.70, 0.72, servable=True)
+    summary = run_compare(tmp_path)
+    assert [row["run_id"] for row in summary["leaderboard"]] == [audit, plain]  # ranked, for comparison
+    assert summary["audit_runs"] == [audit]
+    assert summary["best"]["run_id"] == plain and champion() == (1, plain)
+    assert summary["champion"]["run_id"] == plain and summary["champion"]["moved"] is True
+    assert summary["mcnemar"] is None  # one contender: the audit run is not tested against it
+    board = (tmp_path / paths.LEADERBOARD_MD).read_text()
+    assert "border only (centre 60% blacked out; audit)" in board and "never become champion" in board
+    assert [row["input"] for row in summary["leaderboard"]] == [
+        "border only (centre 60% blacked out; audit)",
+        "whole image",
+    ]
+    assert len({row["setting"] for row in summary["leaderboard"]}) == 2  # not one seed group
+    with pytest.raises(UserError, match=f"promote: run {audit} is a border-only audit run"):
+        promote(audit, settings())
+    assert champion() == (1, plain) and n_versions() == 1  # refused before registering anything
+
+
+def test_compare_refreshes_the_champions_card_with_the_best_border_only_run(mlflow_store, tmp_path):
+    from chestxray.judge import model_card
+
+    plain = log_run("cnn", "v1", 0.80, 0.82, servable=True)
+    card = tmp_path / "model_card.md"
+    before = ["# Model card: cnn", "", *model_card.border_only_block(None, 0.82, 4), "", "## Known limitations"]
+    card.write_text("\n".join(before))
+    tracking.log_artifact_to(plain, card)
+    with tracking.run(run_id=plain):  # a 4-class run, as evaluate logs its supports
+        tracking.log_metrics({f"per_class.{c}.support": 10 for c in ("A", "B", "C", "D")}, prefix="test.")
+    run_compare(tmp_path)
+    text = Path(MlflowClient(mlflow_store).download_artifacts(plain, "model_card.md", str(tmp_path / "a"))).read_text()
+    assert "No border-only audit run on this data version yet" in text  # nothing to quote yet
+    weak = log_run("cnn", "v1", 0.40, 0.45, occlude=0.6)
+    strong = log_run("cnn", "v1", 0.79, 0.77, occlude=0.6)  # chosen on validation: its test score is quoted
+    log_run("cnn", "v2", 0.99, 0.99, occlude=0.6)  # other data: never quoted
+    run_compare(tmp_path)
+    text = Path(MlflowClient(mlflow_store).download_artifacts(plain, "model_card.md", str(tmp_path / "b"))).read_text()
+    name = MlflowClient(mlflow_store).get_run(strong).info.run_name
+    assert f"audit run `{name}`" in text and "scores test macro-F1 **0.770**, against 0.820" in text
+    assert "Nearly all of what this model scores can be had without looking at the lungs" in text
+    assert text.startswith("# Model card: cnn") and text.endswith("## Known limitations")
+    assert weak not in text and "0.450" not in text
 
 
 # Seed groups
