@@ -229,6 +229,7 @@ def test_compare_with_no_evaluated_run(mlflow_store, tmp_path):
         "best": None,
         "champion": None,
         "unranked": [],
+        "audit_runs": [],
         "mcnemar": None,
         "seed_groups": [],
         "leaderboard": [],

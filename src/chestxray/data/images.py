@@ -19,7 +19,9 @@ from tqdm import tqdm
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # image files, by name
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-PHASH_SIZE = 16  # 16×16 DCT bits = 256-bit perceptual hashes: resized or re-encoded copies differ by ≤ 10 bits
+# 16×16 DCT bits = 256-bit perceptual hashes: resized or re-encoded copies differ by ≤ 6 bits
+# (benchmarks/hash_distances.py)
+PHASH_SIZE = 16
 
 
 @dataclass(frozen=True)
