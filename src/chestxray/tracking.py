@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "chestxray"
 OWNER = "owner."  # tags owner.host, owner.pid, owner.pid_start: the process that started the run
+METRIC_KEY_REFUSED = re.compile(r"[^\w./\- :]")  # MLflow's metric keys allow word characters and . / - space :
 AUDIT_TAG, BORDER_ONLY = "audit", "border-only"  # an audit run: trained and scored without the image's centre
 RESUMED = "resumed"  # while a run is resumed: JSON of the resuming process and the run's status and end time before
 
@@ -258,9 +260,10 @@ def set_tags(tags: Mapping[str, Any]) -> None:
 
 
 def log_metrics(metrics: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
-    """Log every finite number in ``metrics`` (nested dicts flattened with dots) under ``prefix``."""
+    """Log every finite number in ``metrics`` (nested dicts flattened with dots) under ``prefix``; a
+    character MLflow refuses in a key (e.g. the comma of a source label 'COVID-19, ARDS') becomes ``_``."""
     numbers = {
-        f"{prefix}{k}": float(v)
+        METRIC_KEY_REFUSED.sub("_", f"{prefix}{k}"): float(v)
         for k, v in flatten(dict(metrics)).items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }

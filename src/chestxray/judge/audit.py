@@ -74,7 +74,7 @@ def audit_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
             run["occlude"],
             dataset,
             training,
-            params.validate_.near_duplicate_distance,
+            cfg.near_duplicate_distance,  # the looser audit distance: a near copy of a training image is left out
             params.evaluate,
             root,
         )
