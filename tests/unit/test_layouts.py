@@ -11,12 +11,14 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import pytest
 from PIL import Image
 
 from chestxray.config import CsvOptions
 from chestxray.data.layouts import detect_layout, read_layout
-from chestxray.data.layouts.common import COLUMNS
+from chestxray.data.layouts.common import COLUMNS, source_name, url_source
 from chestxray.errors import UserError
 
 EMPTY_RECON = {"matched": 0, "matched_case_insensitive": 0, "files_without_row": 0, "rows_without_file": 0}
@@ -65,9 +67,9 @@ def test_radiography_sample_matches_provenance(shared):
     }
     assert got == expected and len(table) == len(provenance) == 111
     assert Counter(table["source_label"]) == {"COVID": 30, "Lung_Opacity": 29, "Normal": 30, "Viral Pneumonia": 22}
-    for column in ("patient_id", "sex", "age", "view", "mask_path", "source_split", "in_metadata"):
+    for column in ("patient_id", "sex", "age", "view", "mask_path", "source_split", "in_metadata", "source"):
         assert (table[column] == "").all(), column
-    assert recon == {}  # no <Class>.metadata.xlsx in the sample
+    assert recon == {}  # no <Class>.metadata.xlsx in the sample (so no URL column either)
 
 
 def test_covid19_image_dataset_sample_matches_notes(shared):
@@ -90,7 +92,7 @@ def test_covid19_image_dataset_sample_matches_notes(shared):
         assert Path(path).parent.name == label and Path(path).parent.parent.name == split
     same_name = table[(table["source_split"] == "train") & table["path"].str.endswith("/01.jpeg")]
     assert sorted(same_name["source_label"]) == ["Covid", "Normal", "Viral Pneumonia"]  # 3 different images
-    assert (table[["patient_id", "sex", "age", "view", "mask_path", "in_metadata"]] == "").all().all()
+    assert (table[["patient_id", "sex", "age", "view", "mask_path", "in_metadata", "source"]] == "").all().all()
 
 
 def test_covid19_image_dataset_root_can_be_the_inner_folder(shared):
@@ -155,6 +157,31 @@ def test_ieee8023_sample_matches_notes_and_csv(shared):
     assert png_named_jpg <= set(table["path"])
 
 
+@pytest.mark.shared
+def test_ieee8023_sample_sources_are_the_hosts_of_its_url_column(shared):
+    root = shared / "data/covid-chestxray-dataset-sample"
+    table, _ = read_layout(root)
+    # counted from metadata.csv's url column (one article or case page per image); www. dropped
+    assert Counter(table["source"]) == {
+        "eurorad.org": 13,
+        "radiopaedia.org": 11,
+        "sciencedirect.com": 4,
+        "yxppt.com": 3,
+        "rad2share.com": 3,
+        "pubs.rsna.org": 2,
+        "ncbi.nlm.nih.gov": 2,
+        "github.com": 2,
+        "onlinelibrary.wiley.com": 1,
+        "nature.com": 1,
+        "radiologyassistant.nl": 1,
+        "jhltonline.org": 1,
+        "ajtmh.org": 1,
+    }
+    by_path = table.set_index("path")["source"]
+    image = (root / "images/acute-respiratory-distress-syndrome-ards.jpg").as_posix()
+    assert by_path[image] == "radiopaedia.org"  # https://radiopaedia.org/cases/acute-respiratory-distress-syndrome-ards
+
+
 def test_actualmed_sample_matches_csv(shared):
     root = shared / "data/actualmed-sample"
     assert detect_layout(root) == "csv"
@@ -168,7 +195,7 @@ def test_actualmed_sample_matches_csv(shared):
     got = {p: (s, pid, v) for p, s, pid, v in columns}
     assert got == expected
     assert set(table["path"]) == _files(root / "images")
-    assert (table[["sex", "age"]] == "").all().all()  # empty in every row of the source
+    assert (table[["sex", "age", "source"]] == "").all().all()  # empty in every row; no url column
     rgba = root / "images/CR.1.2.840.113564.192168196.2020031913094890017.1203801020003.png"
     assert rgba.as_posix() in set(table["path"])
     # DICOM-UID-like names with many dots stay whole: exactly the CSV's imagename values
@@ -185,6 +212,15 @@ def test_radiography_metadata_workbooks_are_reconciled(raw_dataset):
     assert recon == {**EMPTY_RECON, "matched": 160 - normals, "matched_case_insensitive": normals}
     assert table["in_metadata"].eq(True).all()
     assert all(Path(m).is_file() for m in table["mask_path"])
+    # each class sheet's URL column (data/synthetic.py writes one URL per class), without scheme and www.
+    sources = dict(zip(table["source_label"], table["source"], strict=True))
+    assert sources == {
+        "COVID": "github.com/ieee8023/covid-chestxray-dataset",
+        "Lung_Opacity": "kaggle.com/c/rsna-pneumonia-detection-challenge/data",
+        "Normal": "kaggle.com/c/rsna-pneumonia-detection-challenge/data",  # matched ignoring case (NORMAL-<n>)
+        "Viral Pneumonia": "kaggle.com/paultimothymooney/chest-xray-pneumonia",
+    }
+    assert table.groupby("source_label")["source"].nunique().eq(1).all()
 
 
 # --- built here ------------------------------------------------------------------------------
@@ -200,12 +236,94 @@ def test_class_folders_descend_into_a_single_wrapper(tmp_path, monkeypatch):
     table, recon = read_layout(root)
     _check_columns(table)
     assert recon == {}
-    assert list(zip(table["path"], table["source_label"], strict=True)) == [
-        ("ds/mydata/cats/a.png", "cats"),
-        ("ds/mydata/cats/more/b.PNG", "cats"),
-        ("ds/mydata/dogs/c.png", "dogs"),
+    assert list(zip(table["path"], table["source_label"], table["source"], strict=True)) == [
+        ("ds/mydata/cats/a.png", "cats", ""),
+        ("ds/mydata/cats/more/b.PNG", "cats", "more"),
+        ("ds/mydata/dogs/c.png", "dogs", ""),
     ]
-    assert (table.drop(columns=["path", "source_label"]) == "").all().all()
+    assert (table.drop(columns=["path", "source_label", "source"]) == "").all().all()
+
+
+def test_class_folders_source_is_the_folder_path_below_the_class(tmp_path):
+    for name in ("COVID/site-a/1.png", "COVID/site-a/2020/03/2.png", "Normal/St. Mary's (PA)/3.png", "Normal/4.png"):
+        _png(tmp_path / name)
+    table, _ = read_layout(tmp_path, "class-folders")
+    assert dict(zip(table["path"], table["source"], strict=True)) == {
+        (tmp_path / "COVID/site-a/1.png").as_posix(): "site-a",
+        (tmp_path / "COVID/site-a/2020/03/2.png").as_posix(): "site-a/2020/03",
+        (tmp_path / "Normal/St. Mary's (PA)/3.png").as_posix(): "St. Mary_s _PA_",
+        (tmp_path / "Normal/4.png").as_posix(): "",
+    }
+
+
+def test_radiography_workbook_urls_are_matched_as_file_names_are(tmp_path):
+    base = tmp_path / "COVID-19_Radiography_Dataset"
+    for name in ("COVID-1", "COVID-2", "COVID-3"):
+        _png(base / f"COVID/images/{name}.png")
+    _png(base / "Normal/images/Normal-1.png")
+    sheet = {
+        "FILE NAME": ["COVID-1", "covid-2", "COVID-3", "COVID-9"],
+        "FORMAT": "PNG",
+        "SIZE": "299*299",
+        "URL": ["https://sirm.org/category/covid-19/", "https://eurorad.org/?page=2#top", None, "https://x.org/a"],
+    }
+    pd.DataFrame(sheet).to_excel(base / "COVID.metadata.xlsx", index=False)
+    pd.DataFrame({"FILE NAME": ["NORMAL-1"]}).to_excel(base / "Normal.metadata.xlsx", index=False)  # no URL column
+    table, recon = read_layout(tmp_path)
+    assert recon == {"matched": 2, "matched_case_insensitive": 2, "files_without_row": 0, "rows_without_file": 1}
+    assert [(Path(p).name, s) for p, s in zip(table["path"], table["source"], strict=True)] == [
+        ("COVID-1.png", "sirm.org/category/covid-19"),
+        ("COVID-2.png", "eurorad.org"),
+        ("COVID-3.png", ""),
+        ("COVID-9.png", "x.org/a"),  # a row without a file keeps its source (validation rejects it)
+        ("Normal-1.png", ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "keep_path", "expected"),
+    [
+        (
+            "https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data",
+            True,
+            "kaggle.com/c/rsna-pneumonia-detection-challenge/data",
+        ),
+        ("https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data", False, "kaggle.com"),
+        ("HTTP://WWW.EuroRad.org/case/123/?lang=en#figure-2", True, "eurorad.org/case/123"),
+        (
+            "https://bimcv.cipf.es/bimcv-projects/bimcv-covid19/#1590858128006",
+            True,
+            "bimcv.cipf.es/bimcv-projects/bimcv-covid19",
+        ),
+        (
+            "https://www.thelancet.com/journals/PIIS1473-3099(20)30111-0/fulltext",
+            True,
+            "thelancet.com/journals/PIIS1473-3099_20_30111-0/fulltext",
+        ),
+        ("sirm.org//a/./b/../c/", True, "sirm.org/a/b/c"),  # no empty, . or .. parts: MLflow would refuse the key
+        (" https://user@host.org:8080/x ", False, "user_host.org_8080"),
+        ("", True, ""),
+    ],
+)
+def test_url_source(url, keep_path, expected):
+    assert url_source(url, keep_path) == expected
+
+
+def test_sources_name_mlflow_metrics(mlflow_store):
+    """A real MLflow store takes every source above as part of a metric key (and refuses the raw URL)."""
+    client = mlflow.MlflowClient(tracking_uri=mlflow_store)
+    run = client.create_run(client.create_experiment("sources")).info.run_id
+    raw = "sirm.org//a/./b/../c/"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.log_metric(run, f"per_source.{raw}.n", 1)
+    names = [url_source(raw), "thelancet.com/journals/PIIS1473-3099_20_30111-0/fulltext", "St. Mary_s _PA_"]
+    for name in names:
+        client.log_metric(run, f"per_source.{name}.n", 1)
+    assert sorted(client.get_run(run).data.metrics) == sorted(f"per_source.{name}.n" for name in names)
+
+
+def test_source_name_keeps_only_key_safe_characters():
+    assert source_name("Hôpital Nord/ scanner 2 /./é:x") == "H_pital Nord/scanner 2/__x"
 
 
 CUSTOM_CSV = """\

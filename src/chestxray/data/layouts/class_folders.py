@@ -1,5 +1,6 @@
 """class-folders: ``<root>/<class>/**/*`` images, labelled by their class folder (a single wrapper
-folder, as zips make, is looked through)."""
+folder, as zips make, is looked through); the folders between the class folder and the file
+(``<class>/<source>/x.png``) are the image's ``source``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from chestxray.data.layouts.common import (
     images_under,
     row,
     single_subdir,
+    source_name,
     subdirs,
 )
 from chestxray.errors import UserError
@@ -31,7 +33,11 @@ def class_root(root: Path) -> Path:
 
 
 def read(root: Path, csv: CsvOptions) -> tuple[pd.DataFrame, dict[str, int]]:
-    rows = [row(p, d.name) for d in subdirs(class_root(root)) for p in images_under(d)]
+    rows = [
+        row(p, d.name, source=source_name(p.parent.relative_to(d).as_posix()))
+        for d in subdirs(class_root(root))
+        for p in images_under(d)
+    ]
     if not rows:
         raise UserError(f"{root}: no class folders with images; is data.layout right?")
     return frame(rows), {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,25 @@ from chestxray.data.images import IMAGE_SUFFIXES
 
 # path (built from the root given, so relative roots stay relative), source_label (as the source
 # writes it), patient_id, sex, age, view, mask_path, source_split (strings, empty where the source
-# has none) and in_metadata (True/False where the source has per-image metadata, else empty).
-COLUMNS = ("path", "source_label", "patient_id", "sex", "age", "view", "mask_path", "source_split", "in_metadata")
+# has none), in_metadata (True/False where the source has per-image metadata, else empty) and
+# source (where the image came from, as ``source_name`` writes it; empty where the layout has none).
+COLUMNS = (
+    "path",
+    "source_label",
+    "patient_id",
+    "sex",
+    "age",
+    "view",
+    "mask_path",
+    "source_split",
+    "in_metadata",
+    "source",
+)
 RECONCILIATION = ("matched", "matched_case_insensitive", "files_without_row", "rows_without_file")
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")
 
 
 @dataclass(frozen=True)
@@ -74,3 +91,20 @@ def frame(rows: list[dict[str, object]]) -> pd.DataFrame:
     """The rows as the layout table, sorted by path."""
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     return table.sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def source_name(name: str) -> str:
+    """``name`` as a table label and an MLflow metric-key part: ``/``-separated parts without empty,
+    ``.`` or ``..`` parts (MLflow refuses keys that a path would normalise), each stripped, and every
+    character outside ``[A-Za-z0-9_./ -]`` replaced by ``_``."""
+    parts = (part.strip() for part in name.split("/"))
+    return _UNSAFE.sub("_", "/".join(part for part in parts if part not in ("", ".", "..")))
+
+
+def url_source(url: str, keep_path: bool = True) -> str:
+    """The source named by ``url``: without scheme, ``www.``, query and fragment; its host (lower case) and
+    path, or only its host (``keep_path=False``); through ``source_name``. Empty for an empty ``url``."""
+    address = re.split(r"[?#]", _SCHEME.sub("", url.strip()), maxsplit=1)[0]
+    host, _, path = address.partition("/")
+    host = host.lower().removeprefix("www.")
+    return source_name(f"{host}/{path}" if keep_path else host)

@@ -1,6 +1,8 @@
 """csv: a metadata table naming each image and its label (the ieee8023 covid-chestxray-dataset,
 Actualmed, or a table of your own; ``data.csv`` says which table and columns). Keeps patient id, sex,
-age and view; rows of other modalities (CT) and of non-image files are skipped and counted."""
+age and view, and as ``source`` the host of a ``url`` column (ieee8023's rows name an article or case
+page each, so the host is the source); rows of other modalities (CT) and of non-image files are skipped
+and counted."""
 
 from __future__ import annotations
 
@@ -11,7 +13,16 @@ from pathlib import Path
 import pandas as pd
 
 from chestxray.config import CsvOptions
-from chestxray.data.layouts.common import RECONCILIATION, Layout, frame, images_in, is_image, row, single_subdir
+from chestxray.data.layouts.common import (
+    RECONCILIATION,
+    Layout,
+    frame,
+    images_in,
+    is_image,
+    row,
+    single_subdir,
+    url_source,
+)
 from chestxray.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -38,7 +49,7 @@ def read(root: Path, options: CsvOptions) -> tuple[pd.DataFrame, dict[str, int]]
             f"found {_found(table)}; set data.csv.label_column"
         )
     optional = {key: _first_column(table, names) for key, names in OPTIONAL_COLUMNS.items()}
-    folder_col, modality_col = _column(table, "folder"), _column(table, "modality")
+    folder_col, modality_col, url_col = (_column(table, name) for name in ("folder", "modality", "url"))
     recon = dict.fromkeys((*RECONCILIATION, "rows_not_image", "rows_other_modality"), 0)
     listings: dict[Path, dict[str, Path]] = {}
     named: set[Path] = set()
@@ -56,7 +67,8 @@ def read(root: Path, options: CsvOptions) -> tuple[pd.DataFrame, dict[str, int]]
             continue
         recon[how] += 1
         fields = {key: rec[col].strip() for key, col in optional.items() if col}
-        rows.append(row(path, rec[label_col].strip(), in_metadata=True, **fields))
+        source = url_source(rec[url_col], keep_path=False) if url_col else ""
+        rows.append(row(path, rec[label_col].strip(), in_metadata=True, source=source, **fields))
     folders = {p.parent for p in named}
     recon["files_without_row"] = sum(p not in named for d in folders for p in images_in(d))
     skipped = recon["rows_not_image"], recon["rows_other_modality"]
