@@ -1,4 +1,4 @@
-"""The evaluate stage end to end on a real trained model, a real cache and a real MLflow store."""
+"""The evaluate and audit stages end to end on a real trained model, a real cache and a real MLflow store."""
 
 from __future__ import annotations
 
@@ -17,13 +17,16 @@ from scipy.stats import binomtest
 from chestxray import paths, tracking
 from chestxray.config import EvaluateSettings
 from chestxray.data.cache import cache_meta, load_split
-from chestxray.io import read_json, write_json
+from chestxray.data.images import inspect
+from chestxray.data.occlusion import keep_centre, occlude
+from chestxray.io import read_json, write_csv, write_json
+from chestxray.judge.audit import audit_model
 from chestxray.judge.evaluation import evaluate_model
 from chestxray.judge.metrics import METRICS, classification_metrics
 from chestxray.learn.models import predict_proba
 from chestxray.serve import serving
 from chestxray.serve.decision import decide
-from conftest import project
+from conftest import make_params, project
 
 CFG = EvaluateSettings(
     seed=42,
@@ -48,7 +51,8 @@ def prepared(trained_model: Path, cache_dir: Path, tmp_path: Path, mlflow_store:
         pass
     run = {"run_id": run_id, "model": "cnn", "weights": "none", "imbalance": "class_weight"}
     write_json(
-        models / "run.json", {**run, "classes": meta["classes"], "image_size": 32, "data_version": meta["data_version"]}
+        models / "run.json",
+        {**run, "classes": meta["classes"], "image_size": 32, "occlude": 0.0, "data_version": meta["data_version"]},
     )
     counts = {
         s: {
@@ -131,7 +135,7 @@ def test_evaluate_writes_every_metric_with_cis_and_the_operating_point(evaluated
     }
 
 
-def test_evaluate_writes_tables_plots_gallery_and_card(evaluated):
+def test_evaluate_writes_tables_plots_and_gallery(evaluated):
     out = evaluated["root"] / "reports"
     table = pd.read_csv(out / "evaluate" / "predictions.csv")
     m = evaluated["metrics"]
@@ -145,23 +149,6 @@ def test_evaluate_writes_tables_plots_gallery_and_card(evaluated):
             assert im.width > 300 and im.height > 300, name
     assert {p.stem for p in (out / "evaluate" / "pr").glob("*.csv")} == set(evaluated["classes"])
     assert (out / "gradcam" / "index.md").is_file() and (out / "gradcam" / "COVID.png").is_file()
-    card = (out / "model_card.md").read_text()
-    val, ci = m["validation"], m["ci"]["macro_f1"]
-    span = "collapsed" if ci["collapsed"] else f"[{ci['low']:.3f}, {ci['high']:.3f}]"
-    assert f"| Macro F1 | {val['macro_f1']:.3f} | {m['macro_f1']:.3f} | {span} |" in card
-    for metric in METRICS:  # every metric of the registry has its row: validation, then test
-        assert f"| {metric.title} | {val[metric.name]:.3f} | {m[metric.name]:.3f} |" in card, metric.name
-    # the served rule leads, before any argmax number, with its exact intervals
-    op = m["operating_point"]
-    served = card.index("## The served rule")
-    assert served < card.index("## Metrics of the argmax rule") and "argmax" not in card[:served]
-    assert f"p(COVID) ≥ **{op['threshold']:.3f}**" in card
-    sens = op["ci"]["sensitivity"]
-    assert f"**sensitivity {op['sensitivity']:.3f}** [{sens['low']:.3f}, {sens['high']:.3f}]" in card
-    # the split of this test's cache has no patient ids: the card does not say it was grouped by patient
-    assert "by patient" not in card and "the source has no patient ids" in card
-    assert m["data_version"] in card and "paediatric" in card and "synthetic" in card
-    assert "| total | " in card and "Clopper-Pearson" in card
 
 
 def test_evaluate_logs_everything_and_the_servable_model_to_the_run(evaluated, mlflow_store):
@@ -182,7 +169,7 @@ def test_evaluate_logs_everything_and_the_servable_model_to_the_run(evaluated, m
     assert logged["test.operating_point.threshold"] == m["operating_point"]["threshold"]
     assert logged["test.per_class.COVID.pr_auc"] == m["per_class"]["COVID"]["pr_auc"]
     top = {a.path for a in client.list_artifacts(run_id)}
-    assert {"evaluate", "gradcam", "model_card.md"} <= top
+    assert {"evaluate", "gradcam"} <= top
     files = {a.path for a in client.list_artifacts(run_id, "evaluate")}
     assert {
         "evaluate/predictions.csv",
@@ -243,3 +230,84 @@ def test_a_failed_re_evaluation_keeps_the_earlier_model_and_evaluate_json(evalua
     assert (after.status, after.end_time) == ("FINISHED", before.end_time)
     assert models_of(run_id) == [(earlier, "READY")] and tracking.logged_model_id(run_id) == earlier
     assert (root / paths.EVALUATE_JSON).read_bytes() == evaluate_json
+
+
+# The audit stage, after evaluate
+
+
+@pytest.fixture
+def audited(evaluated: dict, cache_dir: Path) -> dict:
+    """audit_model run on the evaluated project: its manifest (the layout's columns with each image's
+    sha256 and perceptual hash, as validate writes them) and split table come from the session's
+    synthetic dataset, which ships lung masks."""
+    root = evaluated["root"]
+    split = pd.read_csv(cache_dir.parent / "split.csv", keep_default_na=False, dtype=str)
+    infos = [inspect(Path(p)) for p in split["path"]]
+    manifest = split.drop(columns=["split"]).assign(sha256=[i.sha256 for i in infos], phash=[i.phash for i in infos])
+    write_csv(root / paths.MANIFEST_CSV, manifest)
+    write_csv(root / paths.SPLIT_CSV, split[["path", "label", "split"]].assign(sha256=manifest["sha256"]))
+    params = make_params(**{"audit.min_source_images": 5})
+    return {**evaluated, "params": params, "audit": audit_model(params, root)}
+
+
+def test_audit_scores_occlusion_lungs_sources_and_leakage(audited, cache_dir):
+    import keras
+
+    a, root = audited["audit"], audited["root"]
+    assert read_json(root / paths.AUDIT_JSON) == a
+    assert set(a) == {
+        "run_id", "data_version", "audit_run", "data_occlude", "audit", "per_source", "external", "leakage",
+        "border_only",
+    }  # fmt: skip
+    assert a["audit_run"] is False and a["border_only"] is None and a["external"] == {}
+    model = keras.models.load_model(audited["model"])
+    x, y = load_split(cache_dir, "test")
+    for key, view in (("occluded", occlude), ("lungs_only", keep_centre)):  # recomputed from the saved model
+        again = classification_metrics(y, predict_proba(model, view(x, 0.6)), audited["classes"])
+        assert a["audit"][key] == {"macro_f1": again["macro_f1"], "accuracy": again["accuracy"]}, key
+    assert a["audit"]["headline"] == {k: audited["metrics"][k] for k in ("macro_f1", "accuracy")}
+    cam = a["audit"]["gradcam_in_lungs"]
+    assert cam["n"] == len(y) and 0 <= cam["overall"] <= 1 and 0.1 < cam["lung_area"] < 0.6
+    # the synthetic workbooks give one URL per class; Lung_Opacity and Normal share the RSNA one
+    rsna = "kaggle.com/c/rsna-pneumonia-detection-challenge/data"
+    assert set(a["per_source"][rsna]["classes"]) == {"Lung_Opacity", "Normal"}
+    assert sum(s["n"] for s in a["per_source"].values()) <= len(y)
+    leak = a["leakage"]
+    assert leak["nearest_train_distance"]["n"] == len(y) and leak["split_distance"] == 12
+    assert leak["audit_distance"] == 32
+    nearest = pd.read_csv(root / paths.AUDIT_DIR / "nearest_train.csv")
+    assert len(nearest) == len(y) and nearest["distance"].min() == leak["nearest_train_distance"]["min"]
+
+
+def test_audit_writes_the_card_with_the_shortcut_audit_and_logs_it(audited, mlflow_store):
+    m, a, root = audited["metrics"], audited["audit"], audited["root"]
+    card = (root / paths.MODEL_CARD_MD).read_text()
+    assert card.index("## Metrics of the argmax rule") < card.index("## Shortcut audit")
+    assert card.index("## Shortcut audit") < card.index("## Known limitations")
+    occluded = a["audit"]["occluded"]
+    assert f"| the image with its central 60% × 60% blacked out | {occluded['macro_f1']:.3f} |" in card
+    assert "No border-only audit run on this data version yet" in card and "dvc exp run -S data.occlude=0.6" in card
+    assert f"falls inside the lung fields, which cover {a['audit']['gradcam_in_lungs']['lung_area']:.0%}" in card
+    assert "External validation**: none" in card
+    val, ci = m["validation"], m["ci"]["macro_f1"]
+    span = "collapsed" if ci["collapsed"] else f"[{ci['low']:.3f}, {ci['high']:.3f}]"
+    assert f"| Macro F1 | {val['macro_f1']:.3f} | {m['macro_f1']:.3f} | {span} |" in card
+    for metric in METRICS:  # every metric of the registry has its row: validation, then test
+        assert f"| {metric.title} | {val[metric.name]:.3f} | {m[metric.name]:.3f} |" in card, metric.name
+    # the served rule leads, before any argmax number, with its exact intervals
+    op = m["operating_point"]
+    served = card.index("## The served rule")
+    assert served < card.index("## Metrics of the argmax rule") and "argmax" not in card[:served]
+    assert f"p(COVID) ≥ **{op['threshold']:.3f}**" in card
+    sens = op["ci"]["sensitivity"]
+    assert f"**sensitivity {op['sensitivity']:.3f}** [{sens['low']:.3f}, {sens['high']:.3f}]" in card
+    # the split of this test's cache has no patient ids: the card does not say it was grouped by patient
+    assert "by patient" not in card and "the source has no patient ids" in card
+    assert m["data_version"] in card and "paediatric" in card and "synthetic" in card
+    assert "| total | " in card and "Clopper-Pearson" in card
+    run = mlflow.MlflowClient(mlflow_store).get_run(audited["run_id"])
+    assert run.data.metrics["audit.occluded.macro_f1"] == occluded["macro_f1"]
+    assert run.data.metrics["audit.gradcam_in_lungs.overall"] == a["audit"]["gradcam_in_lungs"]["overall"]
+    assert run.data.tags["audit.occlude"] == "0.6"
+    top = {x.path for x in mlflow.MlflowClient(mlflow_store).list_artifacts(audited["run_id"])}
+    assert {"audit", "model_card.md"} <= top

@@ -34,7 +34,7 @@ from kaggle_server import SLUG, USER, KaggleStub
 pytestmark = pytest.mark.integration
 
 OVERRIDES = {"backbones.mobilenetv2.alpha": 0.35}  # the default run, with a lighter MobileNetV2 for later
-CHAIN = ["check", "download", "validate", "split", "prepare", "train", "evaluate", "compare"]
+CHAIN = ["check", "download", "validate", "split", "prepare", "train", "evaluate", "audit", "compare"]
 STAGES = {*CHAIN, "eda"}
 
 
@@ -121,17 +121,22 @@ def test_repro_runs_the_chain_and_learns(repo, first_repro):
     assert {("check", stage) for stage in STAGES - {"check"}} <= edges  # every stage waits for the check
     edges -= {("check", stage) for stage in STAGES}
     # eda reads the manifest and the grid images; prepare decodes the images the split names;
-    # evaluate reads the test split and the data records for the model card; train logs the data
-    # stages' records to MLflow as provenance
+    # evaluate reads the test split; train logs the data stages' records to MLflow as provenance;
+    # audit reads the manifest, the split, the cache, the model and the records for the model card;
+    # compare reads evaluate.json
     assert edges - chain == {
         ("validate", "eda"),
         ("download", "eda"),
         ("download", "prepare"),
         ("prepare", "evaluate"),
-        ("split", "evaluate"),
-        ("download", "evaluate"),
         ("download", "train"),
         ("validate", "train"),
+        ("validate", "audit"),
+        ("split", "audit"),
+        ("prepare", "audit"),
+        ("train", "audit"),
+        ("download", "audit"),
+        ("evaluate", "compare"),
     }
     validate, split, evaluate = metrics(repo, "validate"), metrics(repo, "split"), metrics(repo, "evaluate")
     assert (
@@ -176,10 +181,10 @@ def test_second_repro_runs_nothing(repo, first_repro):
     ("module", "stages"),
     [
         ("judge/leaderboard.py", {"compare"}),
-        ("data/layouts/csv_table.py", {"check", "validate"}),  # a layout adapter: no new download
-        ("data/radiography.py", {"check", "download", "validate"}),  # the synthetic data's layout
-        ("learn/backbones.py", {"check", "train", "evaluate"}),
-        ("figures.py", {"eda", "train", "evaluate", "compare"}),
+        ("data/layouts/csv_table.py", {"check", "validate", "audit"}),  # a layout adapter: no new download
+        ("data/radiography.py", {"check", "download", "validate", "audit"}),  # the synthetic data's layout
+        ("learn/backbones.py", {"check", "train", "evaluate", "audit"}),
+        ("figures.py", {"eda", "train", "evaluate", "audit", "compare"}),
         ("config.py", STAGES),
     ],
 )
@@ -302,7 +307,7 @@ def test_kill_9_mid_train_then_rerun_gives_the_same_model_and_a_true_mlflow(repo
     assert killed.info.status == "RUNNING"  # SIGKILL: nothing could end it
 
     output = sh(project, "dvc", "repro")
-    assert ran(output) == ["train", "evaluate", "compare"]
+    assert ran(output) == ["train", "evaluate", "audit", "compare"]
     assert client.get_run(killed.info.run_id).info.status == "KILLED"
     assert client.get_run(killed.info.run_id).info.end_time is not None
     for a, b in zip(model_weights(project), model_weights(repo), strict=True):
@@ -324,7 +329,7 @@ def test_exp_run_with_another_model_reruns_only_train_evaluate_compare(repo, fir
     output = sh(
         repo, "dvc", "exp", "run", "-S", "model=efficientnetb0", "-S", "train.epochs=1", "-S", "train.imbalance=focal"
     )
-    assert ran(output) == ["check", "train", "evaluate", "compare"]
+    assert ran(output) == ["check", "train", "evaluate", "audit", "compare"]
     assert json.loads((repo / "models" / "run.json").read_text())["model"] == "efficientnetb0"
     compare = metrics(repo, "compare")
     assert compare["n_runs"] == 2 and compare["mcnemar"]["n"] == metrics(repo, "evaluate")["n"]
@@ -337,7 +342,7 @@ def test_exp_run_with_other_evaluate_settings_reevaluates_and_the_run_says_so(re
     """Only evaluate and compare run again, on the same training run; its evaluate.* tags (MLflow
     params cannot change) now hold the new settings, and its metrics the new intervals."""
     output = sh(repo, "dvc", "exp", "run", "-S", "evaluate.bootstrap=2000", "-S", "evaluate.target_sensitivity=0.9")
-    assert ran(output) == ["check", "evaluate", "compare"]
+    assert ran(output) == ["check", "evaluate", "audit", "compare"]
     evaluate = metrics(repo, "evaluate")
     assert evaluate["operating_point"]["target_sensitivity"] == 0.9
     run = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(evaluate["run_id"])
@@ -473,6 +478,30 @@ def test_a_training_seed_sweep_keeps_one_data_version_and_one_leaderboard_group(
     assert group["n"] == 2 and group["model"] == runs[0].data.tags["model"] == runs[1].data.tags["model"]
     assert group["validation"]["mean"] == pytest.approx(np.mean(val), abs=1e-6)
     assert group["validation"]["sd"] == pytest.approx(np.std(val, ddof=1), abs=1e-6)
+
+
+def test_the_lungs_removed_experiment_keeps_the_data_version_and_never_takes_the_champion(repo, first_repro):
+    """`dvc exp run -S data.occlude=0.6`: prepare blacks out the centre of every image, train,
+    evaluate, audit and compare run again on the same split; the run is a border-only audit run,
+    ranked on the leaderboard, never champion, and the champion's card in MLflow now quotes it."""
+    store = f"sqlite:///{repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+    before = client.get_model_version_by_alias("chestxray", "champion")
+    output = sh(repo, "dvc", "exp", "run", "-S", "data.occlude=0.6")
+    assert ran(output) == ["check", "prepare", "train", "evaluate", "audit", "compare"]
+    evaluate, audit, compare = metrics(repo, "evaluate"), metrics(repo, "audit"), metrics(repo, "compare")
+    assert evaluate["data_version"] == metrics(repo, "split")["data_version"] == before.tags["data_version"]
+    assert audit["audit_run"] is True and audit["data_occlude"] == 0.6 and audit["run_id"] == evaluate["run_id"]
+    run = client.get_run(evaluate["run_id"])
+    assert run.data.tags["audit"] == "border-only" and run.data.tags["data.occlude"] == "0.6"
+    assert evaluate["run_id"] in compare["audit_runs"] and compare["best"]["run_id"] != evaluate["run_id"]
+    assert compare["champion"]["run_id"] == before.run_id and compare["champion"]["moved"] is False
+    assert client.get_model_version_by_alias("chestxray", "champion").version == before.version
+    assert "**This is an audit run.**" in (repo / "reports" / "model_card.md").read_text()
+    card = Path(client.download_artifacts(before.run_id, "model_card.md", str(repo / ".dvc" / "tmp"))).read_text()
+    assert f"audit run `{run.info.run_name}`" in card
+    assert f"scores test macro-F1 **{evaluate['macro_f1']:.3f}**" in card
+    sh(repo, "git", "checkout", "params.yaml")  # the next experiments start from the baseline's params
 
 
 def test_a_run_on_other_data_leaves_the_champion_until_promoted(repo, first_repro):

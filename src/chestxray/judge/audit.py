@@ -22,7 +22,7 @@ from chestxray.io import atomic_path, read_json, write_csv, write_json, write_te
 from chestxray.judge import model_card
 from chestxray.judge.audit_runs import best_border_only
 from chestxray.judge.external import score_external
-from chestxray.judge.per_source import per_source
+from chestxray.judge.per_source import per_source, per_source_table
 from chestxray.judge.shortcuts import gradcam_in_lungs, occlusion_scores
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def audit_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         classes,
         cfg.min_source_images,
     )
-    write_csv(out / "per_source.csv", _per_source_table(by_source))
+    write_csv(out / "per_source.csv", per_source_table(by_source, classes))
     training = manifest.loc[split.loc[split["split"] == "train", "path"], ["sha256", "phash"]].reset_index()
     external = {}
     for dataset in params.evaluate.external:
@@ -129,15 +129,6 @@ def _gradcam_in_lungs(
     size = x.shape[1]
     stacked = np.stack([load_mask(Path(p), size) for p in masks[has]])
     return gradcam_in_lungs(model, x[has], y[has], stacked, classes)
-
-
-def _per_source_table(by_source: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """per_source as a table: source, n, accuracy, macro_f1 and the images per class."""
-    rows = [
-        {"source": name, "n": s["n"], "accuracy": s["accuracy"], "macro_f1": s["macro_f1"], **s["classes"]}
-        for name, s in by_source.items()
-    ]
-    return pd.DataFrame(rows, columns=None if rows else ["source", "n", "accuracy", "macro_f1"])
 
 
 def _log_summary(result: dict[str, Any]) -> None:
