@@ -88,7 +88,8 @@ def test_a_planted_import_without_its_dep_fails(tmp_path):
     sources = tmp_path / "src/chestxray/data/sources.py"
     sources.write_text(sources.read_text() + "\n\ndef _late():\n    from chestxray.judge import leaderboard  # noqa\n")
     problems = mismatches(tmp_path)
-    assert [p.split(":")[0] for p in problems] == ["check", "download"]  # check imports sources too
+    # check imports sources too, and audit for the external datasets
+    assert [p.split(":")[0] for p in problems] == ["check", "download", "audit"]
     assert "src/chestxray/judge/leaderboard.py" in problems[1] and "src/chestxray/judge/metrics.py" in problems[1]
 
 

