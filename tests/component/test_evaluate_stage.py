@@ -264,7 +264,7 @@ def test_audit_scores_occlusion_lungs_sources_and_leakage(audited, cache_dir):
     model = keras.models.load_model(audited["model"])
     x, y = load_split(cache_dir, "test")
     for key, view in (("occluded", occlude), ("lungs_only", keep_centre)):  # recomputed from the saved model
-        again = classification_metrics(y, predict_proba(model, view(x, 0.6)), audited["classes"])
+        again = classification_metrics(y, predict_proba(model, view(x, 0.6, "mean")), audited["classes"])
         assert a["audit"][key] == {"macro_f1": again["macro_f1"], "accuracy": again["accuracy"]}, key
     assert a["audit"]["headline"] == {k: audited["metrics"][k] for k in ("macro_f1", "accuracy")}
     cam = a["audit"]["gradcam_in_lungs"]
@@ -286,7 +286,7 @@ def test_audit_writes_the_card_with_the_shortcut_audit_and_logs_it(audited, mlfl
     assert card.index("## Metrics of the argmax rule") < card.index("## Shortcut audit")
     assert card.index("## Shortcut audit") < card.index("## Known limitations")
     occluded = a["audit"]["occluded"]
-    assert f"| the image with its central 60% × 60% blacked out | {occluded['macro_f1']:.3f} |" in card
+    assert f"| the image with its central 60% × 60% hidden (grey) | {occluded['macro_f1']:.3f} |" in card
     assert "No border-only audit run on this data version yet" in card and "dvc exp run -S data.occlude=0.6" in card
     assert f"falls inside the lung fields, which cover {a['audit']['gradcam_in_lungs']['lung_area']:.0%}" in card
     assert "External validation**: none" in card

@@ -6,10 +6,10 @@ The two classes are COVID and Normal: in the generator they differ only inside t
 peripheral opacities), while Viral Pneumonia chests are also smaller, a cue visible outside the
 lungs (as the real paediatric images are), and Lung_Opacity is left out to keep the test small.
 
-"Occlusion barely hurting" is measured as the issue's lungs-removed experiment does: a model trained
-and tested border-only against one trained and tested on whole images. Test-time occlusion of the
-whole-image model (``occlusion_scores``) is computed but not asserted here: a black central box is
-unlike any training image, and both models then mostly fall to one class, marked or not.
+"Occlusion barely hurting" is measured both ways: by the lungs-removed experiment (a model trained
+and tested border-only against one trained and tested on whole images), and by test-time occlusion of
+the whole-image model (``occlusion_scores``, the hidden centre filled with the image's mean grey; a
+black box made both models fall to one class, marked or not, so it could not tell them apart).
 """
 
 from __future__ import annotations
@@ -102,22 +102,28 @@ def unmarked(chests: dict[str, np.ndarray]) -> dict:
 
 
 # Measured with SEED 0, 1, 2, 3 (the lungs cover 0.18 of the image; macro-F1 by chance: 0.5).
-# marked: whole 1.0, border-only 1.0, Grad-CAM in lungs (COVID) 0.062 / 0.066 / 0.132 / 0.044, overall 0.08–0.10;
+# marked: whole 1.0, border-only 1.0, centre hidden at test time 0.82 / 1.0 / 1.0 / 1.0,
+# Grad-CAM in lungs (COVID) 0.062 / 0.066 / 0.132 / 0.044, overall 0.08–0.10;
 # unmarked: whole 0.88 / 0.72 / 0.76 / 0.85, border-only 0.32 / 0.38 / 0.45 / 0.44,
+# centre hidden at test time 0.43 / 0.51 / 0.33 / 0.54,
 # Grad-CAM in lungs (COVID) 0.29 / 0.27 / 0.30 / 0.20, overall 0.29 / 0.21 / 0.34 / 0.20.
 def test_audit_catches_a_planted_shortcut(marked: dict) -> None:
-    """The border alone tells the classes apart as well as the whole image, and the model explains
-    COVID from outside the lungs: less mass on them than a model looking everywhere evenly."""
+    """The border alone tells the classes apart as well as the whole image, hiding the centre of the
+    test images barely hurts, and the model explains COVID from outside the lungs: less mass on them
+    than a model looking everywhere evenly."""
     assert marked["border_only"] >= 0.9
     assert marked["full"] - marked["border_only"] <= 0.1
+    assert marked["occlusion"]["occluded"]["macro_f1"] >= 0.75
     assert marked["gradcam"]["COVID"] < marked["gradcam"]["lung_area"]
 
 
 def test_audit_clears_unmarked_data(unmarked: dict) -> None:
     """Without the mark the signal is in the lungs: border-only is near chance, far below the
-    whole-image model."""
+    whole-image model, and hiding the centre of the test images costs the whole-image model much."""
     assert unmarked["border_only"] <= 0.65
     assert unmarked["full"] - unmarked["border_only"] >= 0.2
+    assert unmarked["occlusion"]["occluded"]["macro_f1"] <= 0.6
+    assert unmarked["full"] - unmarked["occlusion"]["occluded"]["macro_f1"] >= 0.15
 
 
 def test_gradcam_in_lungs_tells_marked_from_unmarked(marked: dict, unmarked: dict) -> None:
@@ -151,14 +157,17 @@ def test_load_mask_takes_0_1_masks_and_names_an_unreadable_file(chests: dict, tm
 
 
 def test_occlusion_scores_by_hand() -> None:
-    """A real Keras model that says COVID when the mean brightness is above 100. COVID images are
-    all 255, Normal all 50; the box (6 × 6 of 10 × 10) holds 36 % of the pixels. Occluded: COVID
-    means 163, Normal 32, all right. Lungs only: COVID 92, Normal 18: every image called Normal,
-    accuracy 0.5, F1 0 for COVID and 2·2 / (2 + 4) for Normal."""
+    """A real Keras model that says COVID when the mean brightness is above 100. COVID images are all
+    200; Normal images 20 with a central box (6 × 6 of 10 × 10) of 150, mean 66.8. The removed part
+    takes the mean grey of the part kept. Occluded: COVID 200, Normal 20, all right. Lungs only:
+    COVID 200, Normal 150: every image called COVID, accuracy 0.5, F1 2·2 / (2·2 + 2) for COVID and 0
+    for Normal. (Filled black, lungs only would call every image Normal: 72 and 54.)"""
     model = keras.Sequential([keras.Input((10, 10, 1)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
     model.layers[-1].set_weights([np.array([[1.0, 0.0]]), np.array([-100.0, 0.0])])
     model = keras.Sequential([model, keras.layers.Softmax()])
-    x = np.repeat(np.array([255, 255, 50, 50], np.uint8), 100).reshape(4, 10, 10, 1)
+    x = np.repeat(np.array([200, 200, 20, 20], np.uint8), 100).reshape(4, 10, 10, 1)
+    x[2:, 2:8, 2:8] = 150
+    assert predict_proba(model, x).argmax(axis=1).tolist() == [0, 0, 1, 1]
     scores = occlusion_scores(model, x, np.array([0, 0, 1, 1]), CLASSES, FRACTION)
     assert scores == {
         "occluded": {"macro_f1": 1.0, "accuracy": 1.0},

@@ -301,15 +301,17 @@ def shortcut_audit(result: Mapping[str, Any], k: int) -> list[str]:
         (
             "Public COVID-19 X-ray collections put each class together from different hospitals, scanners and age"
             " groups, and models trained on them are known to learn the source instead of the disease. These"
-            " checks measure how much of this model's score depends on the lungs. They are on the test split."
+            " checks measure how much of this model's score depends on the lungs. They are on the test split;"
+            " a hidden part is filled with the image's own mean grey, so that it is not a black box the model"
+            " never saw."
         ),
         "",
         "| what the model was shown | macro-F1 (test) | accuracy (test) |",
         "|---|---|---|",
         f"| the whole image (the headline above) | {_fmt(headline)} | {_fmt(a['headline']['accuracy'])} |",
-        f"| the image with its central {side} blacked out | {_fmt(occluded)} | {_fmt(a['occluded']['accuracy'])} |",
+        f"| the image with its central {side} hidden (grey) | {_fmt(occluded)} | {_fmt(a['occluded']['accuracy'])} |",
         (
-            f"| only the central {side} (the rest blacked out) | {_fmt(a['lungs_only']['macro_f1'])} |"
+            f"| only the central {side} (the rest hidden, grey) | {_fmt(a['lungs_only']['macro_f1'])} |"
             f" {_fmt(a['lungs_only']['accuracy'])} |"
         ),
         f"| guessing | about {chance:.2f} | |",
@@ -318,12 +320,12 @@ def shortcut_audit(result: Mapping[str, Any], k: int) -> list[str]:
     if kept is not None:
         lines += [
             (
-                f"Blacking out the centre of the test images {'barely changes' if kept >= 0.8 else 'lowers'} this"
+                f"Hiding the centre of the test images {'barely changes' if kept >= 0.8 else 'lowers'} this"
                 f" model's macro-F1 ({_fmt(headline)} → {_fmt(occluded)}): "
                 + (
                     "it decides largely without the lungs."
                     if kept >= 0.8
-                    else "it relies on what lies in the centre. (A black box is also unlike anything it was trained"
+                    else "it relies on what lies in the centre. (A grey box is also unlike anything it was trained"
                     " on, so part of the drop may come from that; the border-only run below has no such excuse.)"
                 )
             ),

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256  # images occluded, scored or explained at once: 256 float maps of 224² take 51 MB
 VIEWS = {"occluded": occlude, "lungs_only": keep_centre}  # the central box removed; only the box kept
+FILL = "mean"  # what replaces the removed part: the image's mean grey (a black box throws a whole-image model off)
 
 
 def occlusion_scores(
@@ -30,11 +31,12 @@ def occlusion_scores(
 ) -> dict[str, dict[str, float | None]]:
     """Macro-F1 and accuracy (argmax rule, as ``classification_metrics``) of ``model`` on grey 0–255
     images ``x`` (N, S, S, 1) with true class indices ``y``, in each view of ``VIEWS`` with a central
-    box of side ``fraction``: ``{"occluded": {"macro_f1", "accuracy"}, "lungs_only": {...}}``."""
+    box of side ``fraction``, the removed part filled with each image's mean grey over the part kept:
+    ``{"occluded": {"macro_f1", "accuracy"}, "lungs_only": {...}}``."""
     out = {}
     for name, view in VIEWS.items():
         prob = np.concatenate(
-            [predict_proba(model, view(np.asarray(x[part]), fraction)) for part in _chunks(len(x), name)]
+            [predict_proba(model, view(np.asarray(x[part]), fraction, FILL)) for part in _chunks(len(x), name)]
         )
         scores = classification_metrics(y, prob, classes)
         out[name] = {"macro_f1": scores["macro_f1"], "accuracy": scores["accuracy"]}
