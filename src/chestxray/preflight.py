@@ -4,7 +4,7 @@ DVC deletes a stage's outputs before it runs the stage, so a value found bad ins
 would already have cost the previous results. Every stage depends on ``paths.PARAMS_OK``, which
 this stage writes, always with the same bytes, only once the whole of params.yaml passed: the
 types and ranges of ``config``, and the names the registries keep (``model``, ``data.layout``,
-``compare.metric``) and the data source's own settings.
+``compare.metric``) and the data sources' own settings (``data.*``, each ``evaluate.external`` entry).
 """
 
 from __future__ import annotations
@@ -31,5 +31,9 @@ def check_params(params: Params, root: Path = Path(".")) -> None:
         layouts.get(params.data.layout)
     metrics.get(params.compare.metric)
     sources.check_source(params.data)
+    for entry in params.evaluate.external:  # the audit stage reads them: a bad entry must not cost its outputs
+        sources.check_external(entry, root)
+        if entry.layout != "auto":
+            layouts.get(entry.layout, f"evaluate.external '{entry.name}': layout")
     write_text(root / paths.PARAMS_OK, MARK)
     log.info("params.yaml: every value is valid")

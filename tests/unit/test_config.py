@@ -205,6 +205,33 @@ def test_the_check_stage_refuses_a_source_that_cannot_work(tmp_path, key, value,
     assert not (tmp_path / paths.PARAMS_OK).exists()
 
 
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"source": "kaggle", "dataset": "just-a-slug"},
+            "evaluate.external 'ext': dataset: 'just-a-slug' is not 'owner/slug' or 'owner/slug/<version>'",
+        ),
+        ({"source": "local", "path": "nowhere"}, "evaluate.external 'ext': path: {root}/nowhere does not exist"),
+        (
+            {"source": "local", "path": ".", "layout": "folders"},
+            "params.yaml: evaluate.external 'ext': layout must be one of auto, covid19-radiography",
+        ),
+    ],
+)
+def test_the_check_stage_refuses_an_external_dataset_that_cannot_work(tmp_path, entry, message):
+    """The audit stage reads evaluate.external: a bad entry stops dvc repro in check, before DVC
+    deletes the audit's outputs (a relative path is relative to the repository root)."""
+    params = make_params(**{"evaluate.external": [{"name": "ext", "task": "binary", **entry}]})
+    with pytest.raises(UserError, match=re.escape(message.format(root=tmp_path))):
+        check_params(params, tmp_path)
+    assert not (tmp_path / paths.PARAMS_OK).exists()
+    check_params(
+        make_params(**{"evaluate.external": [{"name": "ext", "task": "binary", "source": "local", "path": "."}]}),
+        tmp_path,
+    )
+
+
 def test_the_check_stage_writes_the_same_mark_for_any_valid_params(tmp_path):
     """Its output's hash never changes, so passing the check re-runs no other stage."""
     check_params(make_params(), tmp_path)

@@ -16,7 +16,7 @@ from typing import Any
 import requests
 
 from chestxray import paths
-from chestxray.config import DataSettings
+from chestxray.config import DataSettings, ExternalDataset
 from chestxray.data import synthetic
 from chestxray.errors import UserError
 from chestxray.io import atomic_path, write_json
@@ -65,14 +65,25 @@ def check_source(data: DataSettings) -> None:
         _local_kind(Path(data.local.path).expanduser())
 
 
-def _local_kind(source: Path) -> str:
-    """``'folder'`` or ``'zip'``; UserError naming ``data.local.path`` otherwise."""
+def check_external(entry: ExternalDataset, root: Path = Path(".")) -> None:
+    """The same for an ``evaluate.external`` entry: a Kaggle name that is not ``owner/slug``, a local
+    path (relative to ``root``) that is neither a folder nor a .zip archive."""
+    key = f"evaluate.external '{entry.name}'"
+    if entry.source == "kaggle":
+        _dataset_parts(entry.dataset, f"{key}: dataset")
+    else:
+        path = Path(entry.path).expanduser()
+        _local_kind(path if path.is_absolute() else root / path, f"{key}: path")
+
+
+def _local_kind(source: Path, key: str = "data.local.path") -> str:
+    """``'folder'`` or ``'zip'``; UserError naming ``key`` otherwise."""
     if not source.exists():
-        raise UserError(f"data.local.path: {source} does not exist; point it to a dataset folder or .zip archive")
+        raise UserError(f"{key}: {source} does not exist; point it to a dataset folder or .zip archive")
     if source.is_dir():
         return "folder"
     if not zipfile.is_zipfile(source):
-        raise UserError(f"data.local.path: {source} is neither a folder nor a .zip archive")
+        raise UserError(f"{key}: {source} is neither a folder nor a .zip archive")
     return "zip"
 
 
@@ -182,14 +193,12 @@ def _request(kind: type, owner: str, slug: str, version: int | None = None) -> A
     return request
 
 
-def _dataset_parts(dataset: str) -> tuple[str, str, int | None]:
+def _dataset_parts(dataset: str, key: str = "data.kaggle.dataset") -> tuple[str, str, int | None]:
     parts = dataset.strip("/").split("/")
     if len(parts) == 4 and parts[2] == "versions":  # as in the dataset's URL
         parts = [parts[0], parts[1], parts[3]]
     if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and not parts[2].isdigit()):
-        raise UserError(
-            f"data.kaggle.dataset: '{dataset}' is not 'owner/slug' or 'owner/slug/<version>' as in the dataset's URL"
-        )
+        raise UserError(f"{key}: '{dataset}' is not 'owner/slug' or 'owner/slug/<version>' as in the dataset's URL")
     return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else None
 
 

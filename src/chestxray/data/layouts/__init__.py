@@ -29,13 +29,13 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 
-def get(name: str) -> Layout:
-    """The layout called ``name``; params.yaml's ``data.layout`` names it (or ``auto``)."""
+def get(name: str, key: str = "data.layout") -> Layout:
+    """The layout called ``name``; params.yaml's ``key`` names it (or ``auto``)."""
     for layout in LAYOUTS:
         if layout.name == name:
             return layout
     names = ", ".join(("auto", *(layout.name for layout in LAYOUTS)))
-    raise UserError(f"params.yaml: data.layout must be one of {names}, got {name!r}")
+    raise UserError(f"params.yaml: {key} must be one of {names}, got {name!r}")
 
 
 def detect_layout(root: Path, csv: CsvOptions = DEFAULT_CSV) -> str:
