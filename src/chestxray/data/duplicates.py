@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,15 +31,22 @@ def hash_words(phashes: Sequence[str]) -> np.ndarray:
     return np.array([[int(h[i : i + 16], 16) for i in range(0, len(h), 16)] for h in phashes], dtype=np.uint64)
 
 
+def distance_blocks(queries: np.ndarray, references: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """The Hamming distances between hash words (``hash_words``), ``CHUNK`` queries at a time: (the
+    block's first query index, its (rows, len(references)) uint16 distances)."""
+    for start in range(0, len(queries), CHUNK):
+        block = queries[start : start + CHUNK]
+        distance = np.zeros((len(block), len(references)), np.uint16)
+        for word in range(references.shape[1]):  # word by word: small temporaries, no (rows × n × words) array
+            distance += np.bitwise_count(block[:, word, None] ^ references[None, :, word])
+        yield start, distance
+
+
 def near_pairs(phashes: Sequence[str], max_distance: int) -> np.ndarray:
     """Index pairs (i, j), i < j, whose hashes differ in at most ``max_distance`` bits, as an (k, 2) int array."""
     words = hash_words(phashes)
     pairs = []
-    for start in range(0, len(words), CHUNK):
-        block = words[start : start + CHUNK]
-        distance = np.zeros((len(block), len(words)), np.uint16)
-        for word in range(words.shape[1]):  # word by word: small temporaries, no (rows × n × words) array
-            distance += np.bitwise_count(block[:, word, None] ^ words[None, :, word])
+    for start, distance in distance_blocks(words, words):
         i, j = np.nonzero(distance <= max_distance)
         i = i + start
         pairs.append(np.stack([i[i < j], j[i < j]], axis=1))

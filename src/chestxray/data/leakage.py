@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chestxray.data.duplicates import CHUNK, hash_words, near_pairs
+from chestxray.data.duplicates import distance_blocks, hash_words, near_pairs
 from chestxray.figures import figure, save_figure
 
 SPLITS = ("train", "val", "test")
@@ -37,13 +37,9 @@ def nearest_distances(query: Sequence[str], reference: Sequence[str]) -> tuple[n
     queries, references = hash_words(query), hash_words(reference)
     distance = np.zeros(len(queries), np.int64)
     index = np.zeros(len(queries), np.int64)
-    for start in range(0, len(queries), CHUNK):  # CHUNK × n uint64 temporaries: 30 MB at n = 14,700
-        block = queries[start : start + CHUNK]
-        bits = np.zeros((len(block), len(references)), np.uint16)
-        for word in range(references.shape[1]):  # word by word: no (rows × n × words) temporary
-            bits += np.bitwise_count(block[:, word, None] ^ references[None, :, word])
-        index[start : start + len(block)] = bits.argmin(axis=1)
-        distance[start : start + len(block)] = bits.min(axis=1)
+    for start, bits in distance_blocks(queries, references):  # CHUNK × n temporaries: 30 MB at n = 14,700
+        index[start : start + len(bits)] = bits.argmin(axis=1)
+        distance[start : start + len(bits)] = bits.min(axis=1)
     return distance, index
 
 
