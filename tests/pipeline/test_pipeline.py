@@ -229,7 +229,12 @@ def test_mlflow_has_the_run_with_params_metrics_model(repo, first_repro, monkeyp
     assert run.data.metrics["test.macro_f1"] == pytest.approx(metrics(repo, "evaluate")["macro_f1"])
     assert run.data.tags["data_version"] == metrics(repo, "split")["data_version"]
     assert run.data.tags["mlflow.source.git.commit"] == sh(repo, "git", "rev-parse", "HEAD").strip()
+    audit = metrics(repo, "audit")  # the audit stage's numbers and settings, on the same run
+    assert run.data.metrics["audit.occluded.macro_f1"] == pytest.approx(audit["audit"]["occluded"]["macro_f1"])
+    audit_tags = {k: v for k, v in run.data.tags.items() if k.startswith("audit.")}
+    assert audit_tags == {k: v for k, v in locked_params(repo, "audit").items() if k.startswith("audit.")}
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "audit",
         "data",
         "evaluate",
         "gradcam",
