@@ -176,12 +176,17 @@ class ExternalDataset(Section):
     label_map: dict[str, Literal[CLASSES] | None] = {}
     csv: CsvOptions = CsvOptions()
 
+    @property
+    def key(self) -> str:
+        """How messages name the entry: ``evaluate.external '<name>'``."""
+        return f"evaluate.external '{self.name}'"
+
     @model_validator(mode="after")
     def _where_from(self) -> ExternalDataset:
         needed = {"local": ("path", self.path), "kaggle": ("dataset", self.dataset)}[self.source]
         if not needed[1].strip():
             raise ValueError(
-                f"evaluate.external '{self.name}': source is {self.source} but {needed[0]} is empty; set it"
+                f"{self.key}: source is {self.source} but {needed[0]} is empty; set it"
                 f" ({'a folder or .zip' if self.source == 'local' else 'owner/slug'})"
             )
         return self

@@ -34,6 +34,6 @@ def check_params(params: Params, root: Path = Path(".")) -> None:
     for entry in params.evaluate.external:  # the audit stage reads them: a bad entry must not cost its outputs
         sources.check_external(entry, root)
         if entry.layout != "auto":
-            layouts.get(entry.layout, f"evaluate.external '{entry.name}': layout")
+            layouts.get(entry.layout, f"{entry.key}: layout")
     write_text(root / paths.PARAMS_OK, MARK)
     log.info("params.yaml: every value is valid")

@@ -211,10 +211,10 @@ def test_a_kaggle_source_is_downloaded_with_the_real_client_once(kaggle, model, 
 
 
 def test_a_missing_path_or_a_file_that_is_no_archive_names_the_entry(tmp_path):
-    with pytest.raises(UserError, match=r"^evaluate.external 'gone': path .*/no/such/folder does not exist; point"):
+    with pytest.raises(UserError, match=r"^evaluate.external 'gone': path: .*/no/such/folder does not exist; point"):
         fetch(local("gone", Path("no/such/folder"), "3class"), tmp_path)
     (tmp_path / "notes.txt").write_text("not a dataset")
-    with pytest.raises(UserError, match=r"^evaluate.external 'text': path .* is neither a folder nor a .zip"):
+    with pytest.raises(UserError, match=r"^evaluate.external 'text': path: .* is neither a folder nor a .zip"):
         fetch(local("text", Path("notes.txt"), "3class"), tmp_path)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,10 +41,12 @@ class ImageInfo:
     sha256: str | None = None
     phash: str | None = None
     error: str | None = None
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)  # (size, size) when asked for
 
 
-def inspect(path: Path) -> ImageInfo:
-    """Read ``path`` once: hash its bytes, fully decode it, measure it; never raises for bad data."""
+def inspect(path: Path, size: int | None = None) -> ImageInfo:
+    """Read ``path`` once: hash its bytes, fully decode it, measure it, and with ``size`` keep its pixels
+    as ``load_gray`` gives them (from the same decode); never raises for bad data."""
     try:
         data = Path(path).read_bytes()
     except (FileNotFoundError, IsADirectoryError):
@@ -68,20 +71,21 @@ def inspect(path: Path) -> ImageInfo:
         std=round(float(pixels.std()), 3),
         sha256=hashlib.sha256(data).hexdigest(),
         phash=str(imagehash.phash(gray, hash_size=PHASH_SIZE)),
+        pixels=None if size is None else resized(gray, size),
     )
 
 
-def inspect_all(paths: Sequence[str], workers: int | None = None) -> list[ImageInfo]:
-    """``inspect`` every path, in order, in ``workers`` processes (default: one per CPU). The
-    processes are spawned, so a script calling this needs an ``if __name__ == "__main__":`` guard."""
+def inspect_all(paths: Sequence[str], workers: int | None = None, size: int | None = None) -> list[ImageInfo]:
+    """``inspect`` every path (with ``size``), in order, in ``workers`` processes (default: one per CPU).
+    The processes are spawned, so a script calling this needs an ``if __name__ == "__main__":`` guard."""
     files = [Path(p) for p in paths]
     progress = {"total": len(files), "desc": "inspect", "unit": "img"}
     workers = workers or len(os.sched_getaffinity(0))
     if workers == 1:
-        return [inspect(p) for p in tqdm(files, **progress)]
+        return [inspect(p, size) for p in tqdm(files, **progress)]
     # spawn, not fork: the caller may hold TensorFlow or other threads that a forked child would inherit mid-lock
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(tqdm(pool.map(inspect, files, chunksize=32), **progress))
+        return list(tqdm(pool.map(functools.partial(inspect, size=size), files, chunksize=32), **progress))
 
 
 def to_gray(im: Image.Image) -> Image.Image:
@@ -102,5 +106,9 @@ def load_gray(source: Path | BinaryIO, size: int) -> np.ndarray:
     """Decode ``source`` (a path or an open binary file) to a (size, size) uint8 grey array
     (bilinear with antialiasing)."""
     with Image.open(source) as im:
-        gray = to_gray(im)
+        return resized(to_gray(im), size)
+
+
+def resized(gray: Image.Image, size: int) -> np.ndarray:
+    """A grey image as the model sees it: (size, size) uint8, bilinear with antialiasing."""
     return np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.uint8)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from chestxray.data.images import to_gray
+from chestxray.data.images import resized, to_gray
 from chestxray.errors import UserError
 
 
@@ -25,5 +25,4 @@ def load_mask(path: Path, size: int) -> np.ndarray:
             grey = np.asarray(to_gray(im))
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise UserError(f"{path}: cannot read this lung mask ({exc}); replace the file or remove it") from None
-    binary = Image.fromarray(np.where(grey > grey.max() / 2, 255, 0).astype(np.uint8))
-    return np.asarray(binary.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)) > 127
+    return resized(Image.fromarray(np.where(grey > grey.max() / 2, 255, 0).astype(np.uint8)), size) > 127

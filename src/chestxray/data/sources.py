@@ -62,21 +62,25 @@ def check_source(data: DataSettings) -> None:
     if data.source == "kaggle":
         _dataset_parts(data.kaggle.dataset)
     elif data.source == "local":
-        _local_kind(Path(data.local.path).expanduser())
+        local_kind(Path(data.local.path).expanduser())
 
 
 def check_external(entry: ExternalDataset, root: Path = Path(".")) -> None:
     """The same for an ``evaluate.external`` entry: a Kaggle name that is not ``owner/slug``, a local
     path (relative to ``root``) that is neither a folder nor a .zip archive."""
-    key = f"evaluate.external '{entry.name}'"
     if entry.source == "kaggle":
-        _dataset_parts(entry.dataset, f"{key}: dataset")
+        _dataset_parts(entry.dataset, f"{entry.key}: dataset")
     else:
-        path = Path(entry.path).expanduser()
-        _local_kind(path if path.is_absolute() else root / path, f"{key}: path")
+        local_kind(external_path(entry, root), f"{entry.key}: path")
 
 
-def _local_kind(source: Path, key: str = "data.local.path") -> str:
+def external_path(entry: ExternalDataset, root: Path) -> Path:
+    """A local ``evaluate.external`` entry's path: ``~`` expanded, relative to the repository ``root``."""
+    path = Path(entry.path).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def local_kind(source: Path, key: str = "data.local.path") -> str:
     """``'folder'`` or ``'zip'``; UserError naming ``key`` otherwise."""
     if not source.exists():
         raise UserError(f"{key}: {source} does not exist; point it to a dataset folder or .zip archive")
@@ -90,7 +94,7 @@ def _local_kind(source: Path, key: str = "data.local.path") -> str:
 def ingest_local(source: Path, dest: Path) -> dict[str, Any]:
     """Copy a dataset folder, or safely extract a .zip archive, into ``dest``; an archive's
     size and sha256 are returned."""
-    if _local_kind(source) == "folder":
+    if local_kind(source) == "folder":
         size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
         require_free_space(dest, size, f"a copy of {source}", "free space, or point data.local.path elsewhere")
         shutil.copytree(source, dest, dirs_exist_ok=True)

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,12 @@ import pandas as pd
 
 from chestxray import paths
 from chestxray.config import EvaluateSettings, ExternalDataset
-from chestxray.data.images import inspect_all, load_gray
+from chestxray.data.images import inspect_all
 from chestxray.data.labels import apply_task
 from chestxray.data.layouts import read_layout
 from chestxray.data.leakage import nearest_distances
 from chestxray.data.occlusion import occlude as occlude_centre
-from chestxray.data.sources import download_kaggle, extract_zip, sha256
+from chestxray.data.sources import download_kaggle, external_path, extract_zip, local_kind, sha256
 from chestxray.errors import UserError
 from chestxray.io import atomic_path, read_json, write_json
 from chestxray.judge.metrics import bootstrap_ci, classification_metrics
@@ -36,18 +35,13 @@ RECORD = ".fetched.json"  # in an extracted or downloaded folder: what it was ma
 REPORTED = ("n", "accuracy", "macro_f1", "balanced_accuracy", "covid_sensitivity", "covid_specificity", "roc_auc_macro")
 
 
-def key(dataset: ExternalDataset) -> str:
-    """How messages name the entry: ``evaluate.external '<name>'``."""
-    return f"evaluate.external '{dataset.name}'"
-
-
 @contextlib.contextmanager
 def naming(dataset: ExternalDataset) -> Iterator[None]:
     """Prefix a UserError raised inside with the entry's key, so the user knows which entry to fix."""
     try:
         yield
     except UserError as exc:
-        raise UserError(f"{key(dataset)}: {exc}") from None
+        raise UserError(f"{dataset.key}: {exc}") from None
 
 
 def fetch(dataset: ExternalDataset, root: Path) -> Path:
@@ -62,14 +56,9 @@ def fetch(dataset: ExternalDataset, root: Path) -> Path:
                 {"source": "kaggle", "dataset": dataset.dataset},
                 lambda dest: download_kaggle(dataset.dataset, dest, root / paths.DOWNLOADS_DIR),
             )
-        source = Path(dataset.path).expanduser()
-        source = source if source.is_absolute() else root / source
-        if source.is_dir():
+        source = external_path(dataset, root)
+        if local_kind(source, "path") == "folder":
             return source
-        if not source.exists():
-            raise UserError(f"path {source} does not exist; point it to a dataset folder or .zip archive")
-        if not zipfile.is_zipfile(source):
-            raise UserError(f"path {source} is neither a folder nor a .zip archive")
         return _materialise(target, {"source": "local", "sha256": sha256(source)}, functools.partial(_unzip, source))
 
 
@@ -139,17 +128,16 @@ def score_external(
         mapping = class_mapping(classes, dataset.task)
         folder = fetch(dataset, root)
         table, task = apply_task(read_layout(folder, dataset.layout, dataset.csv)[0], dataset.task, dataset.label_map)
-    table, unreadable = readable_images(table, dataset)
+    table, pixels, unreadable = readable_images(table, dataset, image_size)
     seen = in_training(table, training, near_distance)
     for path in table.loc[seen, "path"]:
-        log.info("%s: leaving out %s, which is in the training data", key(dataset), path)
-    table = table[~seen].reset_index(drop=True)
+        log.info("%s: leaving out %s, which is in the training data", dataset.key, path)
+    table, x = table[~seen].reset_index(drop=True), pixels[~seen]
     if table.empty:
         raise UserError(
-            f"{key(dataset)}: no image left to score ({unreadable} unreadable, {int(seen.sum())} in the training"
+            f"{dataset.key}: no image left to score ({unreadable} unreadable, {int(seen.sum())} in the training"
             " data); point it to another dataset"
         )
-    x = np.stack([load_gray(Path(p), image_size) for p in table["path"]])[..., None]
     external = list(TASKS[dataset.task])
     prob = map_probabilities(predict_proba(model, occlude_centre(x, occlude) if occlude > 0 else x), mapping, external)
     y = table["label"].map(external.index).to_numpy()
@@ -178,7 +166,7 @@ def score_external(
     )
     log.info(
         "%s: %d images, macro-F1 %s, accuracy %s (%d left out as in the training data, %d unreadable)",
-        key(dataset),
+        dataset.key,
         metrics["n"],
         metrics["macro_f1"],
         metrics["accuracy"],
@@ -188,24 +176,28 @@ def score_external(
     return metrics, predictions
 
 
-def readable_images(table: pd.DataFrame, dataset: ExternalDataset) -> tuple[pd.DataFrame, int]:
-    """The rows whose file decodes, with its ``sha256`` and ``phash`` (``data.images.inspect``), and the
-    number skipped, each with a WARNING."""
-    infos = inspect_all(list(table["path"]))
+def readable_images(
+    table: pd.DataFrame, dataset: ExternalDataset, image_size: int
+) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """The rows whose file decodes, with its ``sha256`` and ``phash``, their pixels at ``image_size``
+    (N, S, S, 1) uint8 from the same decode (``data.images.inspect``), and the number skipped, each
+    with a WARNING."""
+    infos = inspect_all(list(table["path"]), size=image_size)
     for path, info in zip(table["path"], infos, strict=True):
         if info.error is not None:
-            log.warning("%s: skipping %s (%s)", key(dataset), path, info.error)
-    hashed = table.assign(sha256=[i.sha256 for i in infos], phash=[i.phash for i in infos])
-    ok = np.array([info.error is None for info in infos], dtype=bool)
-    return hashed[ok].reset_index(drop=True), int((~ok).sum())
+            log.warning("%s: skipping %s (%s)", dataset.key, path, info.error)
+    ok = [info.error is None for info in infos]
+    kept = [info for info in infos if info.error is None]
+    hashed = table[ok].assign(sha256=[i.sha256 for i in kept], phash=[i.phash for i in kept])
+    pixels = np.stack([i.pixels for i in kept])[..., None] if kept else np.zeros((0, image_size, image_size, 1))
+    return hashed.reset_index(drop=True), pixels, len(infos) - len(kept)
 
 
 def in_training(table: pd.DataFrame, training: pd.DataFrame, near_distance: int) -> np.ndarray:
-    """Whether each row of ``table`` is a byte-identical copy of a ``training`` image or within
-    ``near_distance`` bits of one's perceptual hash."""
-    exact = table["sha256"].isin(training["sha256"]).to_numpy()
+    """Whether each row of ``table`` is within ``near_distance`` bits of a ``training`` image's perceptual
+    hash (a byte-identical copy has the same hash: 0 bits)."""
     distance, _ = nearest_distances(list(table["phash"]), list(training["phash"]))
-    return exact | (distance <= near_distance)
+    return distance <= near_distance
 
 
 def fingerprint(relative: Sequence[str], digests: Sequence[str]) -> str:
