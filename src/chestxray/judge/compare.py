@@ -290,7 +290,8 @@ def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]
         "leaderboard": rows,
     }
     champion_run = champion["run_id"] if champion else None
-    board = leaderboard.markdown(rows, metric, champion_run, _intro(summary), _notes(summary, rows, metric))
+    notes = _notes(summary, rows, contenders, metric)
+    board = leaderboard.markdown(rows, metric, champion_run, _intro(summary), notes)
     write_text(root / paths.LEADERBOARD_MD, board)
     leaderboard.plot(rows, metric, champion_run, root / paths.LEADERBOARD_PNG)
     write_json(root / paths.COMPARE_JSON, summary)
@@ -347,13 +348,15 @@ def _value(value: float | None) -> str:
     return leaderboard.MISSING if value is None else f"{value:.4f}"
 
 
-def _notes(summary: dict[str, Any], rows: list[dict[str, Any]], metric: Metric) -> list[str]:
-    """Below the table: McNemar's test of the top two (audit runs aside) on the test set, and the seed groups."""
+def _notes(
+    summary: dict[str, Any], rows: list[dict[str, Any]], contenders: list[dict[str, Any]], metric: Metric
+) -> list[str]:
+    """Below the table: McNemar's test of the top two ``contenders`` (the rows but audit runs) on the
+    test set, and the seed groups."""
     if not rows:
         return []
     names = {row["run_id"]: row["run_name"] for row in rows}
     groups = leaderboard.groups_markdown(summary["seed_groups"], metric, names)
-    contenders = [row for row in rows if not row["audit"]]
     if len(contenders) < 2:
         return [groups]
     first, second = contenders[0]["run_name"], contenders[1]["run_name"]

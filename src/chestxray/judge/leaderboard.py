@@ -23,9 +23,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from chestxray.figures import figure, save_figure
+from chestxray.judge import audit_runs
 from chestxray.judge.metrics import METRICS, Metric, number
 from chestxray.tasks import COVID
-from chestxray.tracking import AUDIT_TAG, BORDER_ONLY
 
 MISSING = "–"
 SPLITS = ("val", "test")  # the MLflow prefixes of evaluate's validation and test scores
@@ -95,7 +95,7 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
         "weights": p.get("train.weights"),
         "image_size": tags.get("data.image_size"),
         "input": _input(tags.get("data.occlude")),
-        "audit": tags.get(AUDIT_TAG) == BORDER_ONLY,
+        "audit": audit_runs.is_audit(run),
         "imbalance": p.get("train.imbalance"),
         "epochs": _int(m.get("train.epochs_run")),
         "seed": _int_param(p.get("train.seed")),
