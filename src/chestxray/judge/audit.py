@@ -64,7 +64,7 @@ def audit_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         cfg.min_source_images,
     )
     write_csv(out / "per_source.csv", per_source_table(by_source, classes))
-    training = manifest.loc[split.loc[split["split"] == "train", "path"], ["sha256", "phash"]].reset_index()
+    training = manifest.loc[split.loc[split["split"] == "train", "path"], ["phash"]].reset_index()
     external = {}
     for dataset in params.evaluate.external:
         scores, scored = score_external(

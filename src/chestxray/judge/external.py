@@ -119,8 +119,8 @@ def score_external(
     root: Path,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Score ``model`` (outputs in ``classes`` order, input ``image_size`` px, trained on images with the
-    central ``occlude`` box blacked out when > 0) on ``dataset``. Images of ``training`` (its ``sha256``
-    and ``phash`` columns) are left out, byte-identical or within ``near_distance`` bits; unreadable
+    central ``occlude`` box blacked out when > 0) on ``dataset``. Images within ``near_distance`` bits
+    of a ``training`` image (its ``phash`` column; a byte-identical copy is 0 bits away) are left out; unreadable
     files are skipped. Returns the metrics (``REPORTED``, ``ci``, ``task``, ``classes``, ``mapping``,
     ``left_out``, ``unreadable``, ``in_training``, ``source``, ``fingerprint``) and one row per scored
     image: path (relative to the dataset folder), actual, predicted, ``p_<class>``."""
