@@ -40,3 +40,4 @@ AUDIT_DIR = "reports/audit"  # the shortcut audit's tables and plots
 MODEL_CARD_MD = "reports/model_card.md"
 LEADERBOARD_MD = "reports/leaderboard.md"
 LEADERBOARD_PNG = "reports/leaderboard.png"
+PLOTS_TEMPLATE_HTML = "reports/plots_template.html"  # the page dvc plots fill (.dvc/config plots.html_template)
