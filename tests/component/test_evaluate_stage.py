@@ -20,6 +20,7 @@ from chestxray.data.cache import cache_meta, load_split
 from chestxray.data.images import inspect
 from chestxray.data.occlusion import keep_centre, occlude
 from chestxray.io import read_json, write_csv, write_json
+from chestxray.judge import model_card
 from chestxray.judge.audit import audit_model
 from chestxray.judge.evaluation import evaluate_model
 from chestxray.judge.metrics import METRICS, classification_metrics
@@ -305,6 +306,9 @@ def test_audit_writes_the_card_with_the_shortcut_audit_and_logs_it(audited, mlfl
     # the split of this test's cache has no patient ids: the card does not say it was grouped by patient
     assert "by patient" not in card and "the source has no patient ids" in card
     assert m["data_version"] in card and "paediatric" in card and "synthetic" in card
+    warning, _, trained_on = card.splitlines()[2:5]  # first, under the title: the data, and its warning
+    assert warning.startswith("> **WARNING: synthetic data: not meaningful on real X-rays.**")
+    assert model_card.REAL_DATA in warning and trained_on == f"Trained on: **synthetic · data {m['data_version']}**."
     assert "| total | " in card and "Clopper-Pearson" in card
     run = mlflow.MlflowClient(mlflow_store).get_run(audited["run_id"])
     assert run.data.metrics["audit.occluded.macro_f1"] == occluded["macro_f1"]

@@ -1,10 +1,14 @@
 """The MLflow model as users get it: logged and loaded for real, served over HTTP by
-`mlflow models serve` on 127.0.0.1, and used from `python -m chestxray predict`."""
+`mlflow models serve` on 127.0.0.1, and used from `python -m chestxray predict`; everywhere it
+names the data it was trained on, and warns when that data is synthetic."""
 
 from __future__ import annotations
 
 import base64
+import copy
+import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -23,12 +27,14 @@ from mlflow import MlflowClient
 
 import chestxray.learn.models  # noqa: F401  (registers the custom layer)
 from chestxray import tracking
+from chestxray.__main__ import main
 from chestxray.data.cache import cache_meta
 from chestxray.data.images import load_gray
 from chestxray.errors import UserError
 from chestxray.judge.operating_point import exact_interval, operating_point
-from chestxray.serve import serving
+from chestxray.serve import predict, provenance, serving
 from chestxray.serve.decision import decide
+from chestxray.serve.provenance import SYNTHETIC_WARNING
 from conftest import LOOPBACK
 
 THRESHOLD = 0.3
@@ -68,13 +74,22 @@ def store(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def logged(store: str, trained_model: Path, cache_dir: Path) -> dict:
-    """The trained model logged as the pyfunc model of a real run, registered as chestxray@champion."""
-    classes = cache_meta(cache_dir)["classes"]
-    with tracking.run() as run_id:
-        serving.log_model(trained_model, classes, 32, OPERATING_POINT)
+    """The trained model logged as the pyfunc model of a real run, registered as chestxray@champion.
+    The model was trained on the session's synthetic data, and its run says so as training's does
+    (its tags and data records), so the model carries the synthetic-data warning."""
+    meta = cache_meta(cache_dir)
+    with tracking.run(tracking.run_tags("cnn", meta["data_version"], 32)) as run_id:
+        tracking.log_data_records({"download": {"source": "synthetic", "files": 160, "bytes": 1}})
+        serving.log_model(trained_model, meta["classes"], 32, OPERATING_POINT)
     version = mlflow.register_model(f"runs:/{run_id}/model", "chestxray")
     MlflowClient(store).set_registered_model_alias("chestxray", "champion", version.version)
-    return {"run_id": run_id, "uri": f"runs:/{run_id}/model", "classes": classes}
+    return {
+        "run_id": run_id,
+        "uri": f"runs:/{run_id}/model",
+        "classes": meta["classes"],
+        "data_version": meta["data_version"],
+        "trained_on": f"synthetic · data {meta['data_version']}",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +117,14 @@ def test_pyfunc_model_predicts_what_the_keras_model_does(logged, trained_model, 
     assert model.metadata.get_input_schema().input_names() == ["image"]
     out = model.predict(pd.DataFrame({"image": [b64(f) for f in images]}))
     prob = expected(trained_model, images, logged["classes"])
-    assert list(out.columns) == [f"p_{c}" for c in logged["classes"]] + ["predicted"]
-    np.testing.assert_allclose(out.iloc[:, :-1].to_numpy(), prob, atol=1e-6)
+    probabilities = [f"p_{c}" for c in logged["classes"]]
+    assert list(out.columns) == [*probabilities, "predicted", "trained_on", "warning"]
+    assert model.metadata.get_output_schema().input_names() == list(out.columns)  # the signature says so too
+    np.testing.assert_allclose(out[probabilities].to_numpy(), prob, atol=1e-6)
     assert out["predicted"].tolist() == [logged["classes"][i] for i in decide(prob, logged["classes"], THRESHOLD)]
+    assert out[["trained_on", "warning"]].drop_duplicates().to_dict("records") == [
+        {"trained_on": logged["trained_on"], "warning": SYNTHETIC_WARNING}
+    ]
     python_model = serving.load(logged["uri"])
     assert (
         python_model.threshold == THRESHOLD
@@ -117,6 +137,33 @@ def test_the_model_carries_the_test_figures_of_its_rule(logged):
     model = serving.load(logged["uri"])
     assert model.operating_point == {key: OPERATING_POINT[key] for key in serving.SERVED_FIGURES}
     assert model.served_rule() == SERVED_LINE
+
+
+def test_the_model_carries_the_data_it_was_trained_on(logged):
+    model = serving.load(logged["uri"])
+    assert model.data == {
+        "source": "synthetic",
+        "dataset": "synthetic",
+        "data_version": logged["data_version"],
+        "synthetic": True,
+    }
+    assert model.trained_on() == logged["trained_on"] and model.warning() == SYNTHETIC_WARNING
+
+
+def test_real_data_is_named_without_a_warning():
+    kaggle = provenance.training_data("kaggle", "tawsifurrahman/covid19-radiography-database", "0123abcd4567")
+    assert kaggle == {
+        "source": "kaggle",
+        "dataset": "tawsifurrahman/covid19-radiography-database",
+        "data_version": "0123abcd4567",
+        "synthetic": False,
+    }
+    assert provenance.trained_on(kaggle) == "kaggle tawsifurrahman/covid19-radiography-database · data 0123abcd4567"
+    assert provenance.warning(kaggle) == ""
+    local = provenance.training_data("local", None, "0123abcd4567")
+    assert provenance.trained_on(local) == "local · data 0123abcd4567" and provenance.warning(local) == ""
+    unknown = provenance.training_data(None, None, None)  # a run without training's tags
+    assert provenance.trained_on(unknown) == "unknown" and provenance.warning(unknown) == ""
 
 
 def test_evaluate_operating_point_has_every_served_figure():
@@ -138,9 +185,11 @@ def test_a_model_logged_before_the_figures_still_loads_and_predicts(logged, trai
         serving._log_pyfunc(trained_model, settings)
     model = serving.load(f"runs:/{run_id}/model")
     assert model.threshold == 0.6 and model.operating_point is None and model.served_rule() is None
+    assert model.trained_on() == "unknown" and model.warning() == ""  # nor the data it was trained on
     prob = expected(trained_model, images, logged["classes"])
-    predicted = model.predict_images(np.stack([load_gray(f, 32) for f in images]))["predicted"]
-    assert predicted.tolist() == [logged["classes"][i] for i in decide(prob, logged["classes"], 0.6)]
+    out = model.predict_images(np.stack([load_gray(f, 32) for f in images]))
+    assert out["predicted"].tolist() == [logged["classes"][i] for i in decide(prob, logged["classes"], 0.6)]
+    assert out["trained_on"].tolist() == ["unknown"] * 3 and out["warning"].tolist() == [""] * 3
 
 
 def test_pyfunc_model_names_the_row_that_is_not_an_image(logged, images):
@@ -227,6 +276,7 @@ def test_mlflow_models_serve_answers_over_http(logged, trained_model, images, st
         assert [row["predicted"] for row in rows] == [
             logged["classes"][i] for i in decide(prob, logged["classes"], THRESHOLD)
         ]
+        assert [(row["trained_on"], row["warning"]) for row in rows] == [(logged["trained_on"], SYNTHETIC_WARNING)] * 3
         status, body = post(url, {"dataframe_records": [{"image": base64.b64encode(b"not a png").decode()}]})
         assert status == 400 and "row 0: not an image" in body["message"]
     finally:
@@ -259,6 +309,8 @@ def test_predict_command_on_files_and_folders_with_the_champion(logged, trained_
     assert done.returncode == 0, done.stderr
     assert "models:/chestxray@champion" in done.stderr  # the default model, no params.yaml here
     assert SERVED_LINE in done.stderr
+    warned = f" WARNING chestxray.serve.predict: {SYNTHETIC_WARNING}: the model was trained on {logged['trained_on']}"
+    assert warned in done.stderr
     table = pd.read_csv(out)
     assert table["path"].tolist() == [str(folder / "sub/0.png"), str(folder / "sub/1.png"), str(images[2])]
     prob = expected(trained_model, images, logged["classes"])
@@ -270,9 +322,51 @@ def test_predict_command_on_files_and_folders_with_the_champion(logged, trained_
     [row] = json.loads(done.stdout)
     assert row["path"] == str(images[0]) and sum(row[f"p_{c}"] for c in logged["classes"]) == pytest.approx(1, abs=1e-5)
     done = run_cli("predict", str(images[0]), cwd=tmp_path, store=store)
-    header, line = done.stdout.splitlines()
-    assert header.split()[0] == "path" and header.split()[-1] == "predicted" and "p_Viral Pneumonia" in header
-    assert line.split()[0] == str(images[0]) and line.split()[-1] in " ".join(logged["classes"])
+    banner, header, line = done.stdout.splitlines()
+    assert banner == f"WARNING: {SYNTHETIC_WARNING}"
+    assert header.split()[0] == "path" and header.split()[-3:] == ["predicted", "trained_on", "warning"]
+    assert "p_Viral Pneumonia" in header
+    assert line.split()[0] == str(images[0]) and line.endswith(f"{logged['trained_on']} {SYNTHETIC_WARNING}")
+
+
+@pytest.mark.shared
+def test_predict_on_a_real_xray_warns_that_the_model_saw_only_synthetic_data(
+    logged, radiography_sample, capsys, caplog
+):
+    """`python -m chestxray predict` (its main, in this process) on a real X-ray with the champion,
+    trained on synthetic data: the warning in every format, and logged as a WARNING each time."""
+    xray = radiography_sample / "COVID-19_Radiography_Dataset/COVID/images/COVID-1.png"
+    out = {}
+    for fmt in predict.FORMATS:
+        with caplog.at_level(logging.INFO, logger="chestxray"):
+            assert main(["predict", str(xray), "--model", logged["uri"], "--format", fmt]) == 0
+        out[fmt] = capsys.readouterr().out
+    banner, header, line = out["table"].splitlines()
+    assert banner == f"WARNING: {SYNTHETIC_WARNING}" and header.split()[-2:] == ["trained_on", "warning"]
+    assert line.startswith(str(xray)) and line.endswith(f"{logged['trained_on']} {SYNTHETIC_WARNING}")
+    [row] = json.loads(out["json"])
+    assert (row["path"], row["trained_on"], row["warning"]) == (str(xray), logged["trained_on"], SYNTHETIC_WARNING)
+    [row] = pd.read_csv(io.StringIO(out["csv"])).to_dict("records")
+    assert (row["path"], row["trained_on"], row["warning"]) == (str(xray), logged["trained_on"], SYNTHETIC_WARNING)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{SYNTHETIC_WARNING}: the model was trained on {logged['trained_on']}"] * 3
+
+
+def test_a_model_trained_on_real_data_names_it_and_does_not_warn(logged, images, caplog):
+    """The logged model with its settings' ``data`` planted as a Kaggle-trained model's (set on the
+    loaded model, not logged again: no model here was trained on real data)."""
+    model = copy.copy(serving.load(logged["uri"]))
+    model.data = provenance.training_data("kaggle", "tawsifurrahman/covid19-radiography-database", "0123abcd4567")
+    trained_on = "kaggle tawsifurrahman/covid19-radiography-database · data 0123abcd4567"
+    with caplog.at_level(logging.INFO, logger="chestxray"):
+        table = predict.predict_files(model, images)
+    assert table["trained_on"].tolist() == [trained_on] * 3 and table["warning"].tolist() == [""] * 3
+    assert f"the model was trained on {trained_on}" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    text = predict.render(table, "table")
+    assert "WARNING" not in text and text.splitlines()[0].split()[-2:] == ["trained_on", "warning"]
+    served = model.predict(None, pd.DataFrame({"image": [b64(images[0])]}))  # the served DataFrame
+    assert served[["trained_on", "warning"]].to_dict("records") == [{"trained_on": trained_on, "warning": ""}]
 
 
 def test_predict_command_refuses_unreadable_files_in_one_line(logged, images, store, tmp_path):

@@ -1,10 +1,11 @@
 """The web page (chestxray.serve.web): its API on a live uvicorn server, the page itself driven in
-headless Chromium on a real X-ray from ../shared, and the memory of ``python -m chestxray app`` under
-a burst of huge images."""
+headless Chromium on a real X-ray from ../shared (with the warning of a model trained on synthetic
+data), and the memory of ``python -m chestxray app`` under a burst of huge images."""
 
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import logging
@@ -35,8 +36,9 @@ from chestxray.data.cache import cache_meta
 from chestxray.errors import UserError
 from chestxray.judge.operating_point import exact_interval
 from chestxray.learn import explain
-from chestxray.serve import serving, web
+from chestxray.serve import provenance, serving, web
 from chestxray.serve.decision import decide
+from chestxray.serve.provenance import SYNTHETIC_WARNING
 from chestxray.tasks import COVID
 from conftest import LOOPBACK, SHARED
 
@@ -89,13 +91,15 @@ def png_array(b64: str) -> np.ndarray:
 def logged(trained_model: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     """The session's CNN logged as a pyfunc model in a module-wide SQLite store. Its threshold is
     chosen so that on the real X-ray the operating point disagrees with the argmax (when ../shared
-    is there), so a server that ignored it would fail the tests."""
+    is there), so a server that ignored it would fail the tests. Its run carries the tags training
+    sets for the session's synthetic data, so the model warns that it was trained on synthetic data."""
     import keras
 
     import chestxray.learn.models  # noqa: F401  (custom objects)
     from chestxray.tracking import experiment_id
 
-    classes = list(cache_meta(cache_dir)["classes"])
+    meta = cache_meta(cache_dir)
+    classes = list(meta["classes"])
     threshold = 0.5
     if XRAY.is_file():
         image = serving.decode(XRAY.read_bytes(), 32, XRAY.name)
@@ -109,7 +113,8 @@ def logged(trained_model: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
         mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
         op = operating_point_at(threshold)
-        with mlflow.start_run(experiment_id=experiment_id()) as run:
+        data_tags = {"data.source": "synthetic", "data_version": meta["data_version"]}
+        with mlflow.start_run(experiment_id=experiment_id(), tags=data_tags) as run:
             serving.log_model(trained_model, classes, 32, op)
         with mlflow.start_run(experiment_id=experiment_id()) as old_run:  # as logged before the test figures
             serving._log_pyfunc(trained_model, {"classes": classes, "image_size": 32, "threshold": threshold})
@@ -121,6 +126,8 @@ def logged(trained_model: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
             classes=classes,
             threshold=threshold,
             operating_point=op,
+            data_version=meta["data_version"],
+            trained_on=f"synthetic · data {meta['data_version']}",
             tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
         )
 
@@ -236,6 +243,7 @@ def test_page_is_one_self_contained_file(server: str) -> None:
         'id="file"',
         'accept="image/*"',
         'id="served-rule"',
+        'id="data-warning"',
         'id="predicted"',
         'id="probabilities"',
         'id="overlay"',
@@ -253,12 +261,19 @@ def test_health_describes_the_model(server: str, logged: SimpleNamespace) -> Non
     assert body["status"] == "ok"
     assert list(body)[:2] == ["status", "served_rule"]  # it leads with the served rule's test figures
     assert body["served_rule"] == served_line(logged)
+    assert (body["trained_on"], body["warning"]) == (logged.trained_on, SYNTHETIC_WARNING)
     assert body["model"] == {
         "uri": logged.uri,
         "classes": logged.classes,
         "image_size": 32,
         "threshold": pytest.approx(logged.threshold),
         "operating_point": {key: logged.operating_point[key] for key in serving.SERVED_FIGURES},
+        "data": {
+            "source": "synthetic",
+            "dataset": "synthetic",
+            "data_version": logged.data_version,
+            "synthetic": True,
+        },
     }
     assert body["max_upload_bytes"] == web.MAX_UPLOAD_BYTES
 
@@ -268,6 +283,7 @@ def test_health_of_a_model_logged_without_test_figures(logged: SimpleNamespace) 
         status, body = call(f"{url}/health")
     assert status == 200 and body["served_rule"] is None
     assert body["model"]["operating_point"] is None and body["model"]["threshold"] == pytest.approx(logged.threshold)
+    assert (body["trained_on"], body["warning"]) == ("unknown", "")  # nor the data it was trained on
 
 
 @pytest.mark.shared
@@ -281,6 +297,7 @@ def test_predict_a_real_xray(server: str, logged: SimpleNamespace, xray: Path) -
     # The operating point, not the argmax (the threshold was chosen so that the two differ).
     assert body["predicted"] == predicted != max(prob, key=prob.get)
     assert body["threshold"] == pytest.approx(logged.threshold) and body["positive"] == COVID
+    assert (body["trained_on"], body["warning"]) == (logged.trained_on, SYNTHETIC_WARNING)
     shown = png_array(body["image_png"])
     assert shown.shape == (32, 32) and np.array_equal(shown, image)
     overlay = png_array(body["gradcam_png"])
@@ -427,6 +444,14 @@ def test_page_in_chromium(
             assert "not a diagnostic device" in page.inner_text(".note")
             page.wait_for_function("document.getElementById('model').textContent.includes('runs:/')")
             assert page.is_visible("#served-rule") and page.inner_text("#served-rule") == served_line(logged)
+            # a model trained on synthetic data: a banner above everything else says so
+            assert page.is_visible("#data-warning") and page.inner_text("#data-warning") == (
+                f"Warning: {SYNTHETIC_WARNING} (this model was trained on {logged.trained_on})."
+            )
+            assert page.eval_on_selector("#data-warning", "e => e.getBoundingClientRect().top") < page.eval_on_selector(
+                ".note", "e => e.getBoundingClientRect().top"
+            )
+            assert f"trained on {logged.trained_on}" in page.inner_text("#model")
 
             page.set_input_files("#file", str(xray))
             page.wait_for_selector("body[data-state=done]", timeout=120_000)
@@ -437,6 +462,7 @@ def test_page_in_chromium(
             assert shown == pytest.approx(prob, abs=1e-6)
             assert [p for _, p in rows] == sorted(shown.values(), reverse=True), "rows are sorted high to low"
             assert page.inner_text("#predicted") == predicted
+            assert page.inner_text("#trained-on") == f"Model trained on {logged.trained_on}."
             assert float(page.get_attribute("#rule", "data-threshold")) == pytest.approx(logged.threshold)
             assert page.eval_on_selector("#overlay img", "img => img.complete && img.naturalWidth") == 32
             assert page.eval_on_selector("#input", "img => img.complete && img.naturalWidth") == 32
@@ -456,6 +482,21 @@ def test_page_in_chromium(
                 page.goto(old)
                 page.wait_for_function("document.getElementById('model').textContent.includes('old')")
                 assert page.is_hidden("#served-rule") and page.inner_text("#served-rule") == ""
+                assert page.is_hidden("#data-warning") and "trained on unknown" in page.inner_text("#model")
+            # Trained on real data: named, no banner. Its settings' data is planted on the loaded
+            # model (no model here was trained on real data).
+            real = copy.copy(logged.model)
+            real.data = provenance.training_data(
+                "kaggle", "tawsifurrahman/covid19-radiography-database", "0123abcd4567"
+            )
+            with live(web.create_app(real, model_uri="kaggle")) as url:
+                page.goto(url)
+                page.wait_for_function("document.getElementById('model').textContent.includes('kaggle')")
+                assert page.is_hidden("#data-warning") and page.inner_text("#data-warning") == ""
+                assert (
+                    "trained on kaggle tawsifurrahman/covid19-radiography-database · data 0123abcd4567"
+                    in page.inner_text("#model")
+                )
             assert script_errors == []
         finally:
             browser.close()

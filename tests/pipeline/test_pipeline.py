@@ -271,7 +271,8 @@ def test_predict_uses_the_champion(repo, first_repro, tmp_path):
     )
     [row] = json.loads((tmp_path / "out.json").read_text())
     classes = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
-    assert set(row) == {"path", *(f"p_{c}" for c in classes), "predicted"} and row["path"] == expected["path"]
+    assert set(row) == {"path", *(f"p_{c}" for c in classes), "predicted", "trained_on", "warning"}
+    assert row["path"] == expected["path"] and row["warning"] == "synthetic data: not meaningful on real X-rays"
     assert [row[f"p_{c}"] for c in classes] == pytest.approx([expected[f"p_{c}"] for c in classes], abs=1e-5)
     assert row["predicted"] == expected["predicted_at_threshold"]
 

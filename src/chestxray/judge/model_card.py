@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chestxray.judge.metrics import METRICS
+from chestxray.serve import provenance
 from chestxray.tasks import COVID
 
 INTENDED_USE = (
@@ -32,6 +33,7 @@ SYNTHETIC = (
     "**Synthetic data.** These numbers are on the embedded synthetic dataset, generated to exercise the "
     "pipeline offline: they say nothing about real chest X-rays."
 )
+REAL_DATA = "dvc exp run -S data.source=kaggle -S data.image_size=224 -S train.weights=imagenet -S model=mobilenetv2"
 
 
 def render(
@@ -44,13 +46,15 @@ def render(
     audit: Mapping[str, Any],
 ) -> str:
     """The card as Markdown, from run.json, evaluate.json, train.json, split.json, download.json and
-    the audit (audit.json's content). It leads with the served rule (the operating point); the metric
+    the audit (audit.json's content). It opens with the data the model was trained on (and, for
+    synthetic data, its warning), then leads with the served rule (the operating point); the metric
     tables are the argmax rule's, on validation (what compare chooses by) and on test (reported once);
     the shortcut audit puts its numbers beside them."""
     val = metrics["validation"]
     lines = [
         f"# Model card: {run['model']}",
         "",
+        *data_lines(download, split["data_version"]),
         f"Written by the audit stage for MLflow run `{run['run_id']}` (model `runs:/{run['run_id']}/model`).",
         "",
         *(_audit_run_banner(run["occlude"]) if run["occlude"] else []),
@@ -126,6 +130,21 @@ def render(
         "",
     ]
     return "\n".join(lines)
+
+
+def data_lines(download: Mapping[str, Any], data_version: str) -> list[str]:
+    """The card's first lines: the data the model was trained on (``serve.provenance``), after the
+    warning and how to train on real data when that data is synthetic."""
+    data = provenance.training_data(download.get("source"), download.get("slug"), data_version)
+    lines = [f"Trained on: **{provenance.trained_on(data)}**.", ""]
+    if warning := provenance.warning(data):
+        banner = (
+            f"> **WARNING: {warning}.** This model was trained on the embedded synthetic dataset, generated to"
+            " exercise the pipeline offline: its answers on real chest X-rays, and every number on this card,"
+            f" mean nothing. To train on real data: `{REAL_DATA}`."
+        )
+        lines = [banner, "", *lines]
+    return lines
 
 
 def _operating_point(op: Mapping[str, Any]) -> list[str]:

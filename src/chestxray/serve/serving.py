@@ -4,8 +4,10 @@ operating point. ``mlflow models serve``, the predict command and the web page a
 Served, it takes a DataFrame with one column ``image``: each value an image file (PNG, JPEG, …)
 encoded as base64. It returns one row per image: ``p_<class>`` probabilities and ``predicted``,
 the class at the operating point (COVID when its probability reaches the threshold chosen on
-validation, else the most probable other class: ``serve.decision``). The model also carries what
-that rule gave on the test split (``served_rule``), so every place that serves it can say so.
+validation, else the most probable other class: ``serve.decision``), ``trained_on`` (the data it
+was trained on, ``serve.provenance``) and ``warning`` (``synthetic data: not meaningful on real X-rays``
+for a model trained on synthetic data, else empty). The model also carries what that rule gave on
+the test split (``served_rule``), so every place that serves it can say so.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 import chestxray
 from chestxray.data.images import load_gray
 from chestxray.errors import UserError
+from chestxray.serve import provenance
 from chestxray.serve.decision import decide
 from chestxray.tasks import COVID
 from chestxray.tracking import delete_logged_model, logged_model_ids, tracking_uri
@@ -77,7 +80,8 @@ def from_base64(value: Any, name: str) -> bytes:
 
 class XrayClassifier(mlflow.pyfunc.PythonModel):
     """The pyfunc model: the Keras model (artifact ``keras_model``) and its classes, input size,
-    threshold and the test figures at it (artifact ``settings``, a JSON file; see ``log_model``)."""
+    threshold, the test figures at it and the data it was trained on (artifact ``settings``, a JSON
+    file; see ``log_model``)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
@@ -91,13 +95,23 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
         self.threshold: float = float(settings["threshold"])
         # SERVED_FIGURES; None for a model logged before they travelled with it
         self.operating_point: dict[str, Any] | None = settings.get("operating_point")
+        # serve.provenance.training_data; all unknown for a model logged before it travelled with it
+        self.data: dict[str, Any] = settings.get("data", provenance.training_data(None, None, None))
 
     def served_rule(self) -> str | None:
         """The decision rule and its test figures in one line (None when the model has no figures)."""
         return None if self.operating_point is None else rule_line(self.threshold, self.operating_point)
 
+    def trained_on(self) -> str:
+        """The data the model was trained on, in one line (``serve.provenance.trained_on``)."""
+        return provenance.trained_on(self.data)
+
+    def warning(self) -> str:
+        """``synthetic data: not meaningful on real X-rays`` for a model trained on synthetic data, else empty."""
+        return provenance.warning(self.data)
+
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Base64 image files in column ``image`` → probabilities and predicted class per row."""
+        """Base64 image files in column ``image`` → probabilities, predicted class, trained_on and warning per row."""
         images = []
         for i, value in enumerate(model_input[INPUT_COLUMN]):
             try:
@@ -115,16 +129,18 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
         return predict_proba(self.keras_model, np.asarray(images)[..., None])
 
     def predict_images(self, images: np.ndarray) -> pd.DataFrame:
-        """(N, S, S) uint8 grey images → ``p_<class>`` columns and ``predicted``."""
+        """(N, S, S) uint8 grey images → ``p_<class>`` columns, ``predicted``, ``trained_on`` and ``warning``."""
         prob = self.probabilities(images)
         table = pd.DataFrame(prob, columns=[f"p_{c}" for c in self.classes])
         table["predicted"] = np.asarray(self.classes)[decide(prob, self.classes, self.threshold)]
-        return table
+        return table.assign(trained_on=self.trained_on(), warning=self.warning())
 
 
 def signature(classes: Sequence[str]) -> ModelSignature:
-    """Input: a string column ``image``; output: a double per class and the predicted class."""
-    outputs = [ColSpec("double", f"p_{c}") for c in classes] + [ColSpec("string", "predicted")]
+    """Input: a string column ``image``; output: a double per class, the predicted class, the data the
+    model was trained on and the warning (strings)."""
+    outputs = [ColSpec("double", f"p_{c}") for c in classes]
+    outputs += [ColSpec("string", name) for name in ("predicted", "trained_on", "warning")]
     return ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]), outputs=Schema(outputs))
 
 
@@ -152,18 +168,22 @@ def log_model(keras_file: Path, classes: Sequence[str], image_size: int, operati
     """Log the pyfunc model as ``model`` in the active run, with the package's code, so it is
     served and loaded with no checkout of this repository. ``operating_point`` is evaluate's
     (``judge.operating_point``): the model applies its threshold and carries its ``SERVED_FIGURES``.
-    The classes, size, threshold and figures travel as a JSON artifact, not as MLflow's
+    It also carries what it was trained on (``data``: ``serve.provenance.training_data``), from the
+    run's tags that training sets (``data.source``, ``data.slug``, ``data_version``).
+    The classes, size, threshold, figures and data travel as a JSON artifact, not as MLflow's
     ``model_config``, which MLflow also logs as run params: a run evaluated again with a new
     threshold would keep the old one there (params cannot change). If logging fails or is
     interrupted, the logged model it created is deleted before the error goes on, so no half-logged
     model is left to register."""
+    run_id = mlflow.active_run().info.run_id
+    tags = mlflow.get_run(run_id).data.tags
     settings = {
         "classes": list(classes),
         "image_size": int(image_size),
         "threshold": float(operating_point["threshold"]),
         "operating_point": {key: operating_point[key] for key in SERVED_FIGURES},
+        "data": provenance.training_data(tags.get("data.source"), tags.get("data.slug"), tags.get("data_version")),
     }
-    run_id = mlflow.active_run().info.run_id
     before = {model_id for model_id, _ in logged_model_ids(run_id)}
     try:
         _log_pyfunc(keras_file, settings)

@@ -7,17 +7,21 @@
   (``name`` optional, used in error messages) → ``{"classes": [...],
   "probabilities": {class: p}, "predicted": class, "threshold": t, "positive": "COVID",
   "image_size": S, "image_png": <base64 PNG of the grey input at model size>,
-  "gradcam_png": <base64 PNG of the Grad-CAM overlay>}``. ``predicted`` is the class at the
-  operating point (``serve.decision``) and Grad-CAM explains that class. A file that is not a
+  "gradcam_png": <base64 PNG of the Grad-CAM overlay>, "trained_on": "synthetic · data …",
+  "warning": "synthetic data: not meaningful on real X-rays"}`` (``warning`` empty for a model
+  trained on real data). ``predicted`` is the class at the operating point (``serve.decision``)
+  and Grad-CAM explains that class. A file that is not a
   readable image → 400 ``{"detail": message}``; a file over ``max_upload_bytes`` → 413. Decoding is
   bounded (``DecodeBudget``): from the file's header alone, an image whose decoding would take more
   than ``MAX_DECODE_BYTES`` → 413 naming its pixel size and the limit; one that finds no room
   within ``DECODE_WAIT`` seconds while other large images decode → 503 (with ``Retry-After``).
 - ``GET /health`` → ``{"status": "ok", "served_rule": "At p(COVID) ≥ t: test sensitivity X [low, high],
-  specificity Y [low, high] …", "model": {"uri", "classes", "image_size", "threshold", "operating_point"},
-  "max_upload_bytes": n}``: the rule the model serves and its test figures (``serving.rule_line``)
-  first, and the figures themselves (``serving.SERVED_FIGURES``); both null for a model logged
-  before the figures travelled with it. The page leads with that line, or omits it.
+  specificity Y [low, high] …", "trained_on": …, "warning": …, "model": {"uri", "classes", "image_size",
+  "threshold", "operating_point", "data"}, "max_upload_bytes": n}``: the rule the model serves and its
+  test figures (``serving.rule_line``) first, and the figures themselves (``serving.SERVED_FIGURES``);
+  both null for a model logged before the figures travelled with it. ``data`` is what the model was
+  trained on (``serve.provenance``). The page leads with the warning as a banner (when there is one)
+  and the served rule's line (or omits it), and names the data in its footer.
 """
 
 from __future__ import annotations
@@ -153,6 +157,8 @@ def create_app(
             "image_size": model.image_size,
             "image_png": png_base64(image),
             "gradcam_png": png_base64(explain.overlay(image, heatmap[0])),
+            "trained_on": model.trained_on(),
+            "warning": model.warning(),
         }
 
     @app.get("/", response_class=HTMLResponse)
@@ -167,8 +173,16 @@ def create_app(
             "image_size": model.image_size,
             "threshold": model.threshold,
             "operating_point": model.operating_point,
+            "data": model.data,
         }
-        return {"status": "ok", "served_rule": model.served_rule(), "model": info, "max_upload_bytes": max_upload_bytes}
+        return {
+            "status": "ok",
+            "served_rule": model.served_rule(),
+            "trained_on": model.trained_on(),
+            "warning": model.warning(),
+            "model": info,
+            "max_upload_bytes": max_upload_bytes,
+        }
 
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:
