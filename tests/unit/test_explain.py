@@ -199,9 +199,9 @@ def test_gallery_writes_one_figure_per_class_most_confident_first(gallery_model,
     explained = []
     real = gallery_module.gradcam
 
-    def spy(model, images, class_index=None):
+    def spy(model, images, class_index=None, bar=None):
         explained.append((len(images), list(class_index)))
-        return real(model, images, class_index)
+        return real(model, images, class_index, bar)
 
     monkeypatch.setattr(gallery_module, "gradcam", spy)
     out = tmp_path / "gradcam"

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from chestxray.data import occlusion
 from chestxray.data.images import load_gray
 from chestxray.data.split_table import SPLITS, data_version
 from chestxray.io import atomic_path, read_json, write_json
+from chestxray.progress import track
 from chestxray.resources import require_free_space
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def prepare_cache(
             x = np.lib.format.open_memmap(
                 tmp / f"{split}_x.npy", mode="w+", dtype=np.uint8, shape=(len(rows), image_size, image_size, 1)
             )
-            for i, path in enumerate(tqdm(rows["path"], desc=f"cache {split}", unit="img")):
+            for i, path in enumerate(track(rows["path"], len(rows), f"cache {split}")):
                 x[i, ..., 0] = load(Path(path), image_size)
                 if occlude:
                     x[i] = occlusion.occlude(x[i], occlude)

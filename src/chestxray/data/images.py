@@ -16,7 +16,8 @@ from typing import BinaryIO
 import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
+
+from chestxray.progress import track
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # image files, by name
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -79,13 +80,13 @@ def inspect_all(paths: Sequence[str], workers: int | None = None, size: int | No
     """``inspect`` every path (with ``size``), in order, in ``workers`` processes (default: one per CPU).
     The processes are spawned, so a script calling this needs an ``if __name__ == "__main__":`` guard."""
     files = [Path(p) for p in paths]
-    progress = {"total": len(files), "desc": "inspect", "unit": "img"}
+    one = functools.partial(inspect, size=size)
     workers = workers or len(os.sched_getaffinity(0))
     if workers == 1:
-        return [inspect(p, size) for p in tqdm(files, **progress)]
+        return list(track(map(one, files), len(files), "inspect"))
     # spawn, not fork: the caller may hold TensorFlow or other threads that a forked child would inherit mid-lock
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(tqdm(pool.map(functools.partial(inspect, size=size), files, chunksize=32), **progress))
+        return list(track(pool.map(one, files, chunksize=32), len(files), "inspect"))
 
 
 def to_gray(im: Image.Image) -> Image.Image:

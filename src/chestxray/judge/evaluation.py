@@ -22,6 +22,7 @@ from chestxray.io import atomic_path, read_json, write_csv, write_json
 from chestxray.judge import plots
 from chestxray.judge.metrics import bootstrap_ci, both_present, classification_metrics, reliability
 from chestxray.judge.operating_point import operating_point
+from chestxray.progress import progress
 from chestxray.serve import serving
 from chestxray.serve.decision import decide
 
@@ -47,7 +48,10 @@ def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, A
     model = keras.models.load_model(model_dir / "model.keras")
     x_val, y_val = load_split(cache_dir, "val")
     x, y = load_split(cache_dir, "test")
-    prob_val, prob = predict_proba(model, x_val), predict_proba(model, x)
+    with progress(len(x_val), "predict validation") as bar:
+        prob_val = predict_proba(model, x_val, bar)
+    with progress(len(x), "predict test") as bar:
+        prob = predict_proba(model, x, bar)
     rows = {split: pd.read_csv(cache_dir / f"{split}.csv", keep_default_na=False) for split in ("val", "test")}
     metrics = {
         **split_metrics(y, prob, rows["test"]["group"], classes, cfg),

@@ -15,6 +15,7 @@ import numpy as np
 from chestxray.figures import figure, save_figure
 from chestxray.io import atomic_path
 from chestxray.learn.explain import gradcam, overlay, target_layer
+from chestxray.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def gallery(
             for outcome, idx in sets.items()
         }
     order = [i for name in classes for idx in shown[name].values() for i in idx]
-    heat = dict(zip(order, gradcam(model, x[order], pred[order]), strict=True))
+    with progress(len(order), "Grad-CAM gallery") as bar:
+        heat = dict(zip(order, gradcam(model, x[order], pred[order], bar=bar), strict=True))
     layer = target_layer(model).name
     summary: dict[str, Any] = {"layer": layer, "per_outcome": per_outcome, "classes": {}}
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import keras
 import numpy as np
-from tqdm import tqdm
 
 from chestxray.data.occlusion import keep_centre, occlude
 from chestxray.judge.metrics import classification_metrics, number
 from chestxray.learn.explain import gradcam
 from chestxray.learn.models import predict_proba
+from chestxray.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,10 @@ def occlusion_scores(
     ``{"occluded": {"macro_f1", "accuracy"}, "lungs_only": {...}}``."""
     out = {}
     for name, view in VIEWS.items():
-        prob = np.concatenate(
-            [predict_proba(model, view(np.asarray(x[part]), fraction, FILL)) for part in _chunks(len(x), name)]
-        )
+        with progress(len(x), name) as bar:
+            prob = np.concatenate(
+                [predict_proba(model, view(np.asarray(x[part]), fraction, FILL), bar) for part in _chunks(len(x))]
+            )
         scores = classification_metrics(y, prob, classes)
         out[name] = {"macro_f1": scores["macro_f1"], "accuracy": scores["accuracy"]}
         log.info("%s (central box %.0f %%): macro-F1 %s, accuracy %s", name, 100 * fraction, *out[name].values())
@@ -61,12 +62,13 @@ def gradcam_in_lungs(
     if masks.shape != x.shape[:3] or y.shape != (len(x),):
         raise ValueError(f"masks {masks.shape} and labels {y.shape} must match images {x.shape} (N, S, S, 1)")
     share, area = np.empty(len(x)), np.empty(len(x))
-    for part in _chunks(len(x), "Grad-CAM in lungs"):
-        cam = gradcam(model, np.asarray(x[part])).astype(np.float64)
-        lungs = np.asarray(masks[part], dtype=bool)
-        mass, inside = cam.sum(axis=(1, 2)), (cam * lungs).sum(axis=(1, 2))
-        share[part] = np.divide(inside, mass, out=np.full_like(mass, np.nan), where=mass > 0)
-        area[part] = lungs.mean(axis=(1, 2))
+    with progress(len(x), "Grad-CAM in lungs") as bar:
+        for part in _chunks(len(x)):
+            cam = gradcam(model, np.asarray(x[part]), bar=bar).astype(np.float64)
+            lungs = np.asarray(masks[part], dtype=bool)
+            mass, inside = cam.sum(axis=(1, 2)), (cam * lungs).sum(axis=(1, 2))
+            share[part] = np.divide(inside, mass, out=np.full_like(mass, np.nan), where=mass > 0)
+            area[part] = lungs.mean(axis=(1, 2))
     kept = ~np.isnan(share)
     out: dict[str, Any] = {c: _mean(share[kept & (y == i)]) for i, c in enumerate(classes)}
     out |= {"overall": _mean(share[kept]), "lung_area": _mean(area), "n": int(kept.sum()), "empty": int((~kept).sum())}
@@ -80,12 +82,10 @@ def gradcam_in_lungs(
     return out
 
 
-def _chunks(n: int, desc: str) -> Iterator[slice]:
-    """Slices of ``CHUNK`` images covering 0..n, with a progress bar counting images."""
-    with tqdm(total=n, desc=desc, unit="img") as progress:
-        for start in range(0, n, CHUNK):
-            yield slice(start, min(start + CHUNK, n))
-            progress.update(min(CHUNK, n - start))
+def _chunks(n: int) -> Iterator[slice]:
+    """Slices of ``CHUNK`` images covering 0..n."""
+    for start in range(0, n, CHUNK):
+        yield slice(start, min(start + CHUNK, n))
 
 
 def _mean(values: np.ndarray) -> float | None:

@@ -1,5 +1,5 @@
-"""Training callbacks: the weights' moving average with BatchNorm statistics recomputed for it, and the
-validation macro-F1 in every epoch's logs."""
+"""Training callbacks: the weights' moving average with BatchNorm statistics recomputed for it, the
+validation macro-F1 in every epoch's logs, and progress in a log (batches of fit, images of predict)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from chestxray.counts import confusion, macro_f1
+from chestxray.progress import Progress, progress
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class BatchNormPass:
         last = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)][-1]
         upto = keras.Model(model.inputs, last.output)
         self.images = images.take(BN_BATCHES)
+        self.batches = int(self.images.cardinality())  # negative when tf.data cannot tell (oversampling)
         self.forward = tf.function(lambda x: upto(x, training=True))  # traced with momentum 0, see run
 
     def run(self) -> int:
@@ -63,6 +65,8 @@ class BatchNormPass:
         n = 0
         sums = [np.zeros((2, *layer.moving_mean.shape)) for layer in self.layers]  # Σ n·mean, Σ n·E[x²]
         momenta = [layer.momentum for layer in self.layers]
+        batches = self.batches if self.batches >= 0 else None
+        bar = progress(batches, "BatchNorm statistics", "batch", bar=False, leave=False)  # inside fit's bar
         try:
             for layer in self.layers:
                 layer.momentum = 0.0
@@ -73,7 +77,9 @@ class BatchNormPass:
                     mean, var = (np.asarray(v.numpy(), np.float64) for v in (layer.moving_mean, layer.moving_variance))
                     total += size * np.stack([mean, var + mean**2])
                 n += size
+                bar.update()
         finally:
+            bar.close()
             for layer, momentum in zip(self.layers, momenta, strict=True):
                 layer.momentum = momentum
         for (mean_sum, square_sum), layer in zip(sums, self.layers, strict=True):
@@ -120,5 +126,56 @@ class ValidationMacroF1(keras.callbacks.Callback):
         self.images, self.labels, self.n_classes = images, labels, n_classes
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        predicted = self.model.predict(self.images, verbose=0).argmax(axis=1)
+        desc = f"epoch {epoch + 1}/{self.params['epochs']} validation macro-F1"
+        with progress(len(self.labels), desc, bar=False, leave=False) as bar:  # inside fit's bar
+            predicted = self.model.predict(self.images, verbose=0, callbacks=[PredictProgress(bar)]).argmax(axis=1)
         logs["val_macro_f1"] = float(macro_f1(confusion(self.labels, predicted, self.n_classes)))
+
+
+class LogBatches(keras.callbacks.Callback):
+    """``fit``'s batches in a log, where ``verbose=2`` writes one line per epoch (on a terminal Keras'
+    bar shows them and this writes nothing): a ``progress`` line at most every ``LOG_INTERVAL``
+    seconds while an epoch trains (``epoch e/E: b/B batch (p %), loss …, rate, ETA …``) and while
+    it validates over ``validation_steps`` batches."""
+
+    def __init__(self, validation_steps: int) -> None:
+        super().__init__()
+        self.validation_steps = validation_steps
+        self.epoch = 0
+        self.bar: Progress | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch = epoch + 1
+        self._start(self.params["steps"], "")
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs and "loss" in logs:
+            self.bar.set_postfix_str(f"loss {float(logs['loss']):.4f}", refresh=False)
+        self.bar.update()
+
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._start(self.validation_steps, " validation")
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.bar.update()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.bar.close()
+
+    def _start(self, steps: int | None, what: str) -> None:
+        """Close the bar so far and start one over ``steps`` batches of this epoch's ``what``."""
+        if self.bar is not None:
+            self.bar.close()
+        desc = f"epoch {self.epoch}/{self.params['epochs']}{what}"
+        self.bar = progress(steps, desc, "batch", bar=False, leave=False)
+
+
+class PredictProgress(keras.callbacks.Callback):
+    """Counts the images of each batch ``model.predict`` finishes into ``bar``."""
+
+    def __init__(self, bar: Progress) -> None:
+        super().__init__()
+        self.bar = bar
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.bar.update(len(keras.tree.flatten(logs["outputs"])[0]))

@@ -16,6 +16,8 @@ import matplotlib
 import numpy as np
 import tensorflow as tf
 
+from chestxray.progress import Progress
+
 log = logging.getLogger(__name__)
 
 # Smallest side of the explained feature map: a 1×1 map makes a constant heatmap and a 2×2 one
@@ -47,10 +49,13 @@ def target_layer(model: keras.Model) -> keras.Operation:
     return next(op for op in reversed(maps) if _side(op) >= threshold and _dominates(op.output, base))
 
 
-def gradcam(model: keras.Model, images: np.ndarray, class_index: np.ndarray | None = None) -> np.ndarray:
+def gradcam(
+    model: keras.Model, images: np.ndarray, class_index: np.ndarray | None = None, bar: Progress | None = None
+) -> np.ndarray:
     """Grad-CAM heatmaps (N, S, S) float32 in [0, 1] of grey 0–255 ``images`` (N, S, S, 1).
 
     ``class_index`` (N,) is the class to explain per image; None explains the predicted one.
+    Each batch's images are counted into ``bar``.
     Each map is divided by its own maximum (an all-zero map stays zero) after a bilinear resize
     to the image size.
     """
@@ -90,6 +95,8 @@ def gradcam(model: keras.Model, images: np.ndarray, class_index: np.ndarray | No
         cam = tf.image.resize(cam, size, method="bilinear")[..., 0].numpy()
         peak = cam.max(axis=(1, 2), keepdims=True)
         out[start : start + BATCH] = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+        if bar is not None:
+            bar.update(len(cam))
     return out
 
 

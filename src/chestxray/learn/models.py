@@ -14,7 +14,9 @@ from keras import layers, ops
 from chestxray.config import HeadSettings
 from chestxray.errors import UserError
 from chestxray.learn import backbones
+from chestxray.learn.callbacks import PredictProgress
 from chestxray.learn.inputs import make_dataset
+from chestxray.progress import Progress
 
 # Keras' default BatchNorm momentum (0.99) leaves the moving statistics near their initial values
 # for hundreds of steps; a small dataset gives a few dozen steps per epoch, and the model then
@@ -94,11 +96,14 @@ def build_model(
     return keras.Model(inputs, outputs, name=f"{name}_classifier"), base
 
 
-def predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:
+def predict_proba(model: keras.Model, x: np.ndarray, bar: Progress | None = None) -> np.ndarray:
     """Class probabilities of grey images ``x`` (N, S, S, 1), float64 with rows renormalised
-    (a float32 softmax sums to 1 ± 1e-7); batches are gathered from ``x``, which may be a memory map."""
+    (a float32 softmax sums to 1 ± 1e-7); batches are gathered from ``x``, which may be a memory map.
+    Each batch's images are counted into ``bar``."""
     prob = model.predict(
-        make_dataset(x, np.zeros(len(x), np.int64), 64, False, 0).map(lambda images, _: images), verbose=0
+        make_dataset(x, np.zeros(len(x), np.int64), 64, False, 0).map(lambda images, _: images),
+        verbose=0,
+        callbacks=[PredictProgress(bar)] if bar is not None else [],
     )
     prob = prob.astype(np.float64)
     return prob / prob.sum(axis=1, keepdims=True)

@@ -5,7 +5,6 @@ MLflow and dvc plots."""
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +21,16 @@ from chestxray.data.cache import cache_meta, load_split
 from chestxray.figures import figure, save_figure
 from chestxray.io import atomic_path, read_json, write_json
 from chestxray.learn import backbones, devices
-from chestxray.learn.callbacks import BatchNormPass, SwapEMAWeightsWithBatchNorm, ValidationMacroF1, monitor_mode
+from chestxray.learn.callbacks import (
+    BatchNormPass,
+    LogBatches,
+    SwapEMAWeightsWithBatchNorm,
+    ValidationMacroF1,
+    monitor_mode,
+)
 from chestxray.learn.inputs import augmenter, make_dataset
 from chestxray.learn.models import SparseFocalLoss, build_model, is_pretrained, unfreeze_top
+from chestxray.progress import interactive
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +173,9 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
                     ),
                     csv_log,
                     to_mlflow,
+                    LogBatches(int(val_ds.cardinality())),  # a log line every LOG_INTERVAL s within an epoch
                 ],
-                verbose=1 if sys.stdout.isatty() else 2,
+                verbose=1 if interactive() else 2,  # a terminal: Keras' bar; a log: one line per epoch
             )
             epoch += len(fit.history["loss"])
         seconds = time.perf_counter() - start
