@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -225,12 +226,15 @@ def _kaggle_endpoint() -> Iterator[str]:
 
 
 def _kaggle_api() -> Any:
-    """An authenticated ``KaggleApi``; the client calls exit(1) when it finds no credentials."""
-    from kaggle.api.kaggle_api_extended import KaggleApi
-
-    api = KaggleApi()
+    """An authenticated ``KaggleApi``. Without credentials the client prints 18 lines of its own
+    sign-in help (its CLI's ways, not the project's) and calls exit(1), and importing it already
+    authenticates once and prints them: both run with its standard output captured and dropped, so
+    the one line below is all that shows."""
     try:
-        with contextlib.redirect_stdout(None):  # its help text on failure; the error below says it in one line
+        with contextlib.redirect_stdout(io.StringIO()):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
             api.authenticate()
     except SystemExit:
         raise UserError(f"Kaggle credentials not found: {CREDENTIALS_HELP}; or use data.source: synthetic") from None
