@@ -41,6 +41,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from chestxray.config import flatten
+from chestxray.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,19 @@ def repo_root() -> Path:
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the SQLite store at the repo root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    """``MLFLOW_TRACKING_URI`` if set, else the SQLite store at the repo root. Outside the project (not
+    under DVC, and neither mlflow.db nor dvc.yaml in the current folder) a UserError: MLflow would
+    create an empty store wherever ``predict`` was run."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    root = repo_root()
+    store = root / "mlflow.db"
+    if not (os.environ.get("DVC_ROOT") or store.exists() or (root / "dvc.yaml").exists()):
+        raise UserError(
+            f"{store}: no MLflow store here and {root} is not the project (no dvc.yaml); run from the project's"
+            " root, or set MLFLOW_TRACKING_URI to its store (sqlite:///<project>/mlflow.db)"
+        )
+    return f"sqlite:///{store}"
 
 
 def experiment_id() -> str:

@@ -20,6 +20,7 @@ import mlflow
 import pytest
 
 from chestxray import tracking
+from chestxray.errors import UserError
 from conftest import REPO, fill
 
 
@@ -29,6 +30,9 @@ def test_store_is_at_dvc_root_unless_a_tracking_uri_is_set(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # a queued experiment runs elsewhere: the store must not follow it
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
     monkeypatch.delenv("DVC_ROOT")
+    with pytest.raises(UserError, match="no MLflow store here"):  # not the project: MLflow would create one
+        tracking.tracking_uri()
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # the project's root, before its first run
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri() == "http://127.0.0.1:5000"
