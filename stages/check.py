@@ -1,7 +1,7 @@
 """check: every param of params.yaml checked before any stage runs (and deletes its outputs)."""
 
+from chestxray import stage  # first: it quiets TensorFlow's start-up lines before the step imports it
 from chestxray.preflight import check_params
-from chestxray.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage("check", check_params)
+    stage.run_stage("check", check_params)

@@ -1,10 +1,10 @@
 """compare: leaderboard of every MLflow run on this data version, McNemar for the top two, champion alias;
 the page `dvc plots show` fills."""
 
+from chestxray import stage  # first: it quiets TensorFlow's start-up lines before the step imports it
 from chestxray.config import Params
 from chestxray.judge import plots_page
 from chestxray.judge.compare import compare_runs
-from chestxray.stage import run_stage
 
 
 def compare(p: Params) -> None:
@@ -13,4 +13,4 @@ def compare(p: Params) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("compare", compare)
+    stage.run_stage("compare", compare)

@@ -3,12 +3,11 @@ central box blacked out when data.occlude > 0: the lungs-removed audit)."""
 
 from pathlib import Path
 
-from chestxray import paths
+from chestxray import paths, stage  # stage first: it quiets TensorFlow before the step imports it
 from chestxray.data.cache import prepare_cache
-from chestxray.stage import run_stage
 
 if __name__ == "__main__":
-    run_stage(
+    stage.run_stage(
         "prepare",
         lambda p: prepare_cache(Path(paths.SPLIT_CSV), Path(paths.CACHE_DIR), p.data.image_size, p.data.occlude),
     )

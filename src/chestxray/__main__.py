@@ -1,5 +1,5 @@
-"""The command line: ``python -m chestxray predict PATH...``, ``python -m chestxray app``,
-``python -m chestxray promote RUN_ID`` (see ``--help``)."""
+"""The command line: ``chestxray predict PATH...``, ``chestxray app``, ``chestxray promote RUN_ID``
+(or ``python -m chestxray …``; see ``--help``). ``-v`` also shows TensorFlow's start-up lines."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import logging
 import sys
 from pathlib import Path
 
+from chestxray import stage
 from chestxray.errors import UserError
 from chestxray.io import atomic_path
+
+VERBOSE_HELP = "also show TensorFlow's start-up lines (as CHESTXRAY_VERBOSE=1 does for the stages)"
 
 
 def default_model() -> str:
@@ -52,21 +55,28 @@ def promote(args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     from chestxray.serve.predict import FORMATS
 
-    root = argparse.ArgumentParser(prog="python -m chestxray", description=__doc__)
+    root = argparse.ArgumentParser(prog="chestxray", description=__doc__)
+    root.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    verbose = argparse.ArgumentParser(add_help=False)  # -v after the command too, not resetting one before it
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     commands = root.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("predict", help="classify image files or folders")
+    p = commands.add_parser("predict", parents=[verbose], help="classify image files or folders")
     p.add_argument("paths", nargs="+", help="image files, or folders searched recursively for images")
     p.add_argument("--model", help="MLflow model URI (default: models:/<compare.registered_model>@champion)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     p.add_argument("--output", type=Path, help="write here instead of standard output")
     p.set_defaults(run=predict)
-    p = commands.add_parser("app", help="serve a web page to upload an X-ray and see probabilities and Grad-CAM")
+    p = commands.add_parser(
+        "app", parents=[verbose], help="serve a web page to upload an X-ray and see probabilities and Grad-CAM"
+    )
     p.add_argument("--model", help="MLflow model URI (default: models:/<compare.registered_model>@champion)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.set_defaults(run=app)
     p = commands.add_parser(
-        "promote", help="make a run's logged model the champion, whatever its data version (compare never does that)"
+        "promote",
+        parents=[verbose],
+        help="make a run's logged model the champion, whatever its data version (compare never does that)",
     )
     p.add_argument("run_id", metavar="RUN_ID", help="the MLflow run whose logged model 'model' becomes champion")
     p.add_argument("--model", metavar="NAME", help="registered model name (default: compare.registered_model)")
@@ -75,8 +85,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = parser().parse_args(argv)
+    stage.configure_logging(args.verbose or stage.verbose_requested())  # before any command imports TensorFlow
     try:
         args.run(args)
     except UserError as exc:
