@@ -179,3 +179,13 @@ def test_plot_leaderboard_is_readable_with_few_or_many_runs(tmp_path, n) -> None
     width, height = png_size(path)
     assert 400 < width < 2000 and 150 < height < 2500
     assert [p.name for p in tmp_path.iterdir()] == ["leaderboard.png"]  # written atomically
+
+
+def test_the_store_is_named_relative_to_the_repository_so_the_page_is_the_same_in_every_clone(tmp_path) -> None:
+    for root in (tmp_path / "clone-a", tmp_path / "clone-b"):
+        assert leaderboard.store(f"sqlite:///{root / 'mlflow.db'}", root) == "sqlite:///mlflow.db"
+    root = tmp_path / "repo"
+    assert leaderboard.store(f"sqlite:///{root / 'stores/runs.db'}", root) == "sqlite:///stores/runs.db"
+    outside = f"sqlite:///{tmp_path / 'elsewhere/mlflow.db'}"  # a store set with MLFLOW_TRACKING_URI
+    assert leaderboard.store(outside, root) == outside
+    assert leaderboard.store("http://127.0.0.1:5000", root) == "http://127.0.0.1:5000"

@@ -311,7 +311,8 @@ def _intro(summary: dict[str, Any]) -> str:
     """The leaderboard's first paragraphs: data version, store, ranking, the promotion rule, the champion."""
     name = summary["metric"]
     intro = (
-        f"Data version `{summary['data_version']}`: {summary['n_runs']} run(s) in {tracking.tracking_uri()},"
+        f"Data version `{summary['data_version']}`: {summary['n_runs']} run(s)"
+        f" in {leaderboard.store(tracking.tracking_uri(), tracking.repo_root())},"
         f" ranked by validation {name} (ties: the earlier run first). Columns marked (test) are scored on the"
         " test set and shown beside it: they never rank a run nor move the champion."
     )

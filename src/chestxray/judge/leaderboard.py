@@ -36,6 +36,16 @@ SEEDS = ("train.seed", "seed")  # params a seed group's runs may differ in (besi
 CI = " [95 % CI]"
 
 
+def store(uri: str, root: Path) -> str:
+    """How the leaderboard names the MLflow store ``uri``: a SQLite file under the repository ``root``
+    by its path relative to the root (``sqlite:///mlflow.db``, a URI that works from the root), so the
+    committed page is the same in every clone and copy; any other store as it is."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("sqlite:///") and path.is_relative_to(root):
+        return f"sqlite:///{path.relative_to(root).as_posix()}"
+    return uri
+
+
 def columns(metric: Metric) -> tuple[tuple[str, str], ...]:
     """(row key, title) of the table's columns after the rank: settings, validation ``metric`` (the
     ranking), the served rule's threshold and COVID sensitivity and specificity on test, then the
