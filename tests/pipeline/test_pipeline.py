@@ -421,6 +421,9 @@ def test_a_bad_value_stops_repro_in_one_line_before_any_output_is_touched(repo, 
         ("train.epochs=-1", "check: params.yaml: train.epochs must be greater than or equal to 1, got -1"),
         ("+train.epoch=3", "check: params.yaml: unknown key 'train.epoch'; did you mean 'train.epochs'?"),
         ("train.epoch=3", "Could not override 'train.epoch'"),  # DVC's own refusal of an unknown key
+        # train tracks backbones.${model}: DVC's "Parameters 'backbones.alexnet' are missing" would come
+        # from train, which DVC reaches only after the check stage passed
+        ("model=alexnet", "check: params.yaml: model must be one of " + ", ".join(BACKBONES) + ", got 'alexnet'"),
     ],
 )
 def test_a_bad_value_in_an_experiment_is_refused_the_same_way(repo, first_repro, setting, message):

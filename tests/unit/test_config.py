@@ -161,6 +161,12 @@ def test_a_backbone_takes_its_constructor_arguments_as_they_are():
             "model must be one of " + ", ".join(BACKBONES) + ", got 'alexnet'",
         ),
         (
+            lambda p: backbones.settings(p),
+            "model",
+            "resnet",
+            "model must be one of " + ", ".join(BACKBONES) + ", got 'resnet'; did you mean 'resnet50'?",
+        ),
+        (
             lambda p: layouts.get(p.data.layout),
             "data.layout",
             "folders",
@@ -266,6 +272,21 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: [1,\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_params_yaml_is_written_as_dvc_writes_it(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with DVC's own writer (ruamel, round trip): the file is
+    kept in that writer's style, so an experiment's diff shows the values it set and nothing else."""
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S key=value` calls
+
+    original = (REPO / "params.yaml").read_text()
+    written = tmp_path / "params.yaml"
+    written.write_text(original)
+    apply_overrides(written, [f"seed={RAW['seed']}", f"model={RAW['model']}", "train.seed=null"])
+    assert written.read_text() == original
+    apply_overrides(written, ["model=vgg19"])
+    changed = [(a, b) for a, b in zip(original.splitlines(), written.read_text().splitlines(), strict=True) if a != b]
+    assert changed == [(f"model: {RAW['model']}", "model: vgg19")]
 
 
 def test_flatten():

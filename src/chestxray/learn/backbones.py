@@ -6,6 +6,7 @@ backbone is one entry here (and its settings under ``backbones.<name>`` in param
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from chestxray.config import BackboneSettings, Params
@@ -40,7 +41,9 @@ BACKBONES: dict[str, Backbone] = {
 def get(name: str) -> Backbone:
     """The backbone called ``name`` (params.yaml's ``model``)."""
     if name not in BACKBONES:
-        raise UserError(f"params.yaml: model must be one of {', '.join(BACKBONES)}, got {name!r}")
+        close = difflib.get_close_matches(name.lower(), BACKBONES, n=1, cutoff=0.7)  # resnet, vgg, CNN; not alexnet
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"params.yaml: model must be one of {', '.join(BACKBONES)}, got {name!r}{hint}")
     return BACKBONES[name]
 
 
