@@ -563,3 +563,113 @@ def test_exp_run_on_kaggle_downloads_with_the_real_client_and_runs_everything(tm
     assert key not in output
     for path in project.rglob("*"):  # the key is in no log, param, artifact, cache or store
         assert not path.is_file() or key.encode() not in path.read_bytes(), path
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# as in tests/component/test_web.py: without the background-networking flags Chromium keeps calling Google
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral_Pneumonia"]  # as dvc-render names the per-class plots' divs
+VEGA_PLOTS = {
+    "Training_curves__loss_",
+    "Training_curves__accuracy_",
+    "Confusion_matrix__test_",
+    "Reliability_diagram__test_",
+    *(f"reports_evaluate_{curve}_{c}_csv" for curve in ("roc", "pr") for c in CLASSES),
+}
+IMAGES = 5  # curves, confusion, roc, pr and reliability PNGs, per revision
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's Chromium; skipped with a reason when absent, except under CI (CI must run the test)."""
+    if not CHROMIUM.is_file():
+        reason = f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run the browser test"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so it must run", pytrace=False)
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+def drawn_offline(page: Path, chromium: Path, screenshot: Path) -> dict:
+    """Open the `dvc plots` page ``page`` in Chromium with every request but file:// aborted.
+    Returns, per Vega plot (dvc-render's div id), the revisions in its data and the data marks it drew
+    (lines, and rects for the confusion matrix), each image's revision title and naturalWidth, the
+    aborted requests and the script errors."""
+    from playwright.sync_api import sync_playwright
+
+    html = page.read_text()
+    specs = {
+        div: {value["rev"] for value in json.loads(spec)["data"]["values"]}
+        for spec, div in re.findall(r"var spec = (.*?);\s*vegaEmbed\('#([^']+)'", html, re.S)
+    }
+    aborted, errors = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            tab = browser.new_page(viewport={"width": 1200, "height": 900})
+            tab.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:") else r.abort())
+            tab.on("requestfailed", lambda request: aborted.append(request.url))
+            tab.on("pageerror", lambda exc: errors.append(str(exc)))
+            tab.goto(page.as_uri())
+            tab.wait_for_function(  # without vega-embed nothing will draw: the assertions say what is missing
+                "ids => typeof vegaEmbed === 'undefined'"
+                " || ids.every(id => document.querySelector(`#${id} svg g.role-mark`))",
+                arg=list(specs),
+            )
+            marks = tab.evaluate(
+                """ids => Object.fromEntries(ids.map(id => [id, [
+                    document.querySelectorAll(`#${id} svg g.mark-line.role-mark > path[d]`).length,
+                    document.querySelectorAll(`#${id} svg g.mark-rect.role-mark > path[d]`).length]]))""",
+                list(specs),
+            )
+            images = tab.eval_on_selector_all(
+                "img", "imgs => imgs.map(i => [i.previousElementSibling.textContent, i.complete && i.naturalWidth])"
+            )
+            tab.screenshot(path=screenshot, full_page=True)
+        finally:
+            browser.close()
+    plots = {div: {"revs": revs, "lines": marks[div][0], "rects": marks[div][1]} for div, revs in specs.items()}
+    return {"plots": plots, "images": images, "aborted": aborted, "errors": errors}
+
+
+@pytest.mark.browser
+def test_plots_show_and_diff_draw_every_plot_offline(repo, first_repro, chromium, tmp_path):
+    """`dvc plots show`, then the README's `dvc plots diff HEAD <exp> <exp>` after the experiments above:
+    with the page the compare stage wrote (.dvc/config plots.html_template), every Vega plot draws and
+    every image loads in a browser that can reach nothing but files; git ignores the page and the template."""
+    sh(repo, "dvc", "plots", "show")
+    page = repo / "dvc_plots" / "index.html"
+    shown = drawn_offline(page, chromium, tmp_path / "show.png")
+    assert shown["aborted"] == [] and shown["errors"] == []
+    assert set(shown["plots"]) == VEGA_PLOTS
+    for div, plot in shown["plots"].items():
+        assert plot["revs"] == {"workspace"} and plot["lines"] + plot["rects"] > 0, (div, plot)
+    assert [(title, width > 0) for title, width in shown["images"]] == [("workspace", True)] * IMAGES
+    assert shown["plots"]["reports_evaluate_roc_COVID_csv"]["lines"] == 1
+    assert shown["plots"]["Confusion_matrix__test_"]["rects"] >= len(CLASSES) ** 2
+
+    names = sh(repo, "dvc", "exp", "list", "--name-only").split()
+    assert len(names) >= 2, names  # the experiments of the tests above
+    revs = {"HEAD", *names[:2]}
+    sh(repo, "dvc", "plots", "diff", "HEAD", *names[:2])
+    compared = drawn_offline(page, chromium, tmp_path / "diff.png")
+    assert compared["aborted"] == [] and compared["errors"] == []
+    assert set(compared["plots"]) == VEGA_PLOTS
+    for div, plot in compared["plots"].items():
+        assert plot["revs"] == revs and plot["lines"] + plot["rects"] > 0, (div, plot)
+        if "_roc_" in div or "_pr_" in div:
+            assert plot["lines"] == len(revs), (div, plot)  # one curve per revision
+    titles = [title for title, width in compared["images"] if width > 0]
+    assert sorted(titles) == sorted(list(revs) * IMAGES)
+    template = "reports/plots_template.html"  # paths.PLOTS_TEMPLATE_HTML, where .dvc/config points
+    ignored = sh(repo, "git", "check-ignore", "dvc_plots/index.html", template).split()
+    assert ignored == ["dvc_plots/index.html", template]
