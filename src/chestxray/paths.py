@@ -14,13 +14,22 @@ CACHE_DIR = "data/processed/cache"  # uint8 images per split at data.image_size
 EXTERNAL_DIR = "data/external"  # evaluate.external datasets as downloaded or extracted, one folder per name
 MODEL_DIR = "models"  # the best checkpoint (model.keras) and run.json
 
-DOWNLOAD_JSON = "metrics/download.json"
-VALIDATE_JSON = "metrics/validate.json"
-SPLIT_JSON = "metrics/split.json"
-TRAIN_JSON = "metrics/train.json"
-EVALUATE_JSON = "metrics/evaluate.json"
-AUDIT_JSON = "metrics/audit.json"
-COMPARE_JSON = "metrics/compare.json"
+# Each stage's full record, read by the stages after it (not DVC metrics: see chestxray.records) ...
+DOWNLOAD_JSON = "reports/download.json"
+VALIDATE_JSON = "reports/validate.json"
+SPLIT_JSON = "reports/split.json"
+TRAIN_JSON = "reports/train.json"
+EVALUATE_JSON = "reports/evaluate.json"
+AUDIT_JSON = "reports/audit.json"
+COMPARE_JSON = "reports/compare.json"
+# ... and its headline, the DVC metrics: the few numbers dvc exp show compares across experiments
+DOWNLOAD_METRICS = "metrics/download.json"
+VALIDATE_METRICS = "metrics/validate.json"
+SPLIT_METRICS = "metrics/split.json"
+TRAIN_METRICS = "metrics/train.json"
+EVALUATE_METRICS = "metrics/evaluate.json"
+AUDIT_METRICS = "metrics/audit.json"
+COMPARE_METRICS = "metrics/compare.json"
 
 VALIDATION_DOCS_DIR = "reports/validation"  # Great Expectations Data Docs
 EDA_DIR = "reports/eda"

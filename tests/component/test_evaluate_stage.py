@@ -100,6 +100,13 @@ def test_evaluate_writes_every_metric_with_cis_and_the_operating_point(evaluated
 
     m = evaluated["metrics"]
     assert read_json(evaluated["root"] / paths.EVALUATE_JSON) == m
+    assert read_json(evaluated["root"] / paths.EVALUATE_METRICS) == {  # the headline: the same keys, nested alike
+        "data_version": m["data_version"],
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "ci": {"macro_f1": {"low": m["ci"]["macro_f1"]["low"], "high": m["ci"]["macro_f1"]["high"]}},
+        "operating_point": {k: m["operating_point"][k] for k in ("sensitivity", "specificity")},
+    }
     for key in (*(metric.name for metric in METRICS), "n", "data_version", "run_id"):
         assert m[key] is not None, key
     split_keys = {metric.name for metric in METRICS} | {"n", "groups", "per_class", "ci"}
@@ -214,7 +221,8 @@ def test_a_first_evaluation_that_fails_leaves_no_trace_dvc_or_compare_would_trus
     assert "test.macro_f1" in after.data.metrics  # it did get as far as the model
     assert models_of(run_id) == [] and tracking.logged_model_id(run_id) is None
     assert not (root / paths.EVALUATE_JSON).exists()  # so DVC does not take the stage as done
-    assert not list((root / "metrics").glob(".evaluate.json.tmp-*"))
+    assert not (root / paths.EVALUATE_METRICS).exists()
+    assert not [*(root / "metrics").glob(".evaluate.json.tmp-*"), *(root / "reports").glob(".evaluate.json.tmp-*")]
 
 
 def test_a_failed_re_evaluation_keeps_the_earlier_model_and_evaluate_json(evaluated, monkeypatch):
@@ -223,6 +231,7 @@ def test_a_failed_re_evaluation_keeps_the_earlier_model_and_evaluate_json(evalua
     earlier = tracking.logged_model_id(run_id)
     assert models_of(run_id) == [(earlier, "READY")]
     evaluate_json = (root / paths.EVALUATE_JSON).read_bytes()
+    headline_json = (root / paths.EVALUATE_METRICS).read_bytes()
     fill_the_disk_when_the_model_is_logged(monkeypatch)
     # at another operating point, so evaluate.json would change
     with pytest.raises(OSError, match="No space left on device") as failure:
@@ -232,6 +241,7 @@ def test_a_failed_re_evaluation_keeps_the_earlier_model_and_evaluate_json(evalua
     assert (after.status, after.end_time) == ("FINISHED", before.end_time)
     assert models_of(run_id) == [(earlier, "READY")] and tracking.logged_model_id(run_id) == earlier
     assert (root / paths.EVALUATE_JSON).read_bytes() == evaluate_json
+    assert (root / paths.EVALUATE_METRICS).read_bytes() == headline_json
 
 
 # The audit stage, after evaluate
@@ -257,6 +267,10 @@ def test_audit_scores_occlusion_lungs_sources_and_leakage(audited, cache_dir):
 
     a, root = audited["audit"], audited["root"]
     assert read_json(root / paths.AUDIT_JSON) == a
+    assert read_json(root / paths.AUDIT_METRICS) == {  # the headline
+        "audit": {k: {m: a["audit"][k][m]} for k, m in (("occluded", "macro_f1"), ("gradcam_in_lungs", "overall"))},
+        "leakage": {"nearest_train_distance": {"min": a["leakage"]["nearest_train_distance"]["min"]}},
+    }
     assert set(a) == {
         "run_id", "data_version", "audit_run", "data_occlude", "audit", "per_source", "external", "leakage",
         "border_only",

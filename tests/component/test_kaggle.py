@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chestxray import paths
 from chestxray.data.layouts import detect_layout, read_layout
 from chestxray.data.sources import download_kaggle
 from chestxray.errors import UserError
@@ -61,7 +62,7 @@ def test_download_stage_output_is_the_sample_byte_for_byte(kaggle, radiography_z
     )
     assert done.returncode == 0, done.stderr
     assert files(work / "data/raw") == files(radiography_sample)
-    metrics = json.loads((work / "metrics/download.json").read_text())
+    metrics = json.loads((work / paths.DOWNLOAD_JSON).read_text())  # the record: the headline has no slug
     assert metrics["slug"] == SLUG and metrics["version"] == 7
     assert metrics["size"] == len(radiography_zip) and metrics["sha256"] == hashlib.sha256(radiography_zip).hexdigest()
     assert metrics["files"] == len(files(radiography_sample))

@@ -27,6 +27,7 @@ import yaml
 
 from chestxray.config import flatten
 from chestxray.learn.backbones import BACKBONES
+from chestxray.records import HEADLINES
 from chestxray.serve import serving
 from conftest import KERAS_HOME, REPO
 from kaggle_server import SLUG, USER, KaggleStub
@@ -102,7 +103,8 @@ def first_repro(repo: Path) -> str:
 
 
 def metrics(repo: Path, name: str) -> dict:
-    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+    """A stage's full record, ``reports/<name>.json`` (``metrics/<name>.json`` is its headline)."""
+    return json.loads((repo / "reports" / f"{name}.json").read_text())
 
 
 def in_order(output: str) -> bool:
@@ -450,7 +452,25 @@ def run_queue(repo: Path, *settings: str) -> list[dict]:
     return [exp["revs"][0]["data"] for baseline in shown for exp in (baseline.get("experiments") or [])]
 
 
-def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, first_repro):
+# The README's table of a sweep: backbone, data version, macro-F1 with its CI, COVID sensitivity and
+# specificity at the served operating point
+EXP_TABLE = ("--drop", ".*", "--keep", r"Experiment|model$|data_version|macro_f1|ci\.macro_f1|operating_point")
+EXP_COLUMNS = ["ci.macro_f1.high", "ci.macro_f1.low", "data_version", "macro_f1", "operating_point.sensitivity"]
+EXP_COLUMNS += ["operating_point.specificity", "model"]
+
+
+def table(output: str, first: str) -> list[str]:
+    """The lines of the table in ``output`` from its header line (starting with ``first``) to its last row."""
+    lines = [line for line in output.splitlines() if line.strip() and not line.strip().startswith("─")]
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [first])
+    return lines[start:]
+
+
+def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, first_repro, monkeypatch):
+    # on a baseline of its own (the workspace the tests above left), so that dvc exp show lists the
+    # default and the sweep's two experiments, as after a user's first sweep
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before the sweep", "--allow-empty")
     shown = run_queue(repo, "model=cnn,vgg16", "train.epochs=2")
     experiments = [e for e in shown if e["params"]["params.yaml"]["data"]["train"]["epochs"] == 2]
     assert sorted(e["params"]["params.yaml"]["data"]["model"] for e in experiments) == ["cnn", "vgg16"]
@@ -460,8 +480,24 @@ def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, firs
     runs = client.search_runs([client.get_experiment_by_name("chestxray").experiment_id])
     queued = [r for r in runs if r.data.params.get("train.epochs") == "2"]
     assert sorted(r.data.tags["model"] for r in queued) == ["cnn", "vgg16"]
-    assert all(r.data.tags["dvc_exp_name"] and r.info.run_name == r.data.tags["dvc_exp_name"] for r in queued)
+    assert all(r.data.tags["dvc_exp_name"] for r in queued)
+    named = ("model", "data_version", "dvc_exp_name")  # e.g. vgg16-4bdd84e5c77a-brisk-lamb
+    assert all(r.info.run_name == "-".join(r.data.tags[k] for k in named) for r in queued)
     assert all("test.macro_f1" in r.data.metrics for r in queued)
+    monkeypatch.setenv("COLUMNS", "160")  # a 160-column terminal
+    rows = table(sh(repo, "dvc", "exp", "show", *EXP_TABLE), "Experiment")
+    assert max(map(len, rows)) <= 160 and "…" not in "".join(rows), "\n".join(rows)  # nothing cut or folded
+    assert rows[0].split() == ["Experiment", *EXP_COLUMNS]
+    for e in experiments:
+        [row] = [line for line in rows if e["rev"][:7] in line]
+        m = e["metrics"]["metrics/evaluate.json"]["data"]
+        values = [m["ci"]["macro_f1"]["high"], m["ci"]["macro_f1"]["low"], m["data_version"], m["macro_f1"]]
+        values += [m["operating_point"]["sensitivity"], m["operating_point"]["specificity"]]
+        cells = [f"{v:.5g}" if isinstance(v, float) else str(v) for v in values]  # dvc's 5 significant digits
+        assert row.split()[3:] == [*cells, e["params"]["params.yaml"]["data"]["model"]], row
+    # dvc metrics show: the headlines only (the records are not DVC metrics)
+    header = table(sh(repo, "dvc", "metrics", "show"), "Path")[0].split()
+    assert header == ["Path", *sorted(key for keys in HEADLINES.values() for key in keys)]
 
 
 def test_a_training_seed_sweep_keeps_one_data_version_and_one_leaderboard_group(repo, first_repro):
@@ -476,11 +512,11 @@ def test_a_training_seed_sweep_keeps_one_data_version_and_one_leaderboard_group(
     runs = client.search_runs([client.get_experiment_by_name("chestxray").experiment_id], "params.`train.epochs` = '3'")
     assert sorted(r.data.params["train.seed"] for r in runs) == ["1", "2"]
     val = [r.data.metrics["val.macro_f1"] for r in runs]
-    # compare.json as each experiment committed it (dvc exp show leaves out its lists); the later one has both runs
+    # compare.json as each experiment committed it (its headline has no seed groups); the later one has both runs
     groups = [
         g
         for e in seeded
-        for g in json.loads(sh(repo, "git", "show", f"{e['rev']}:metrics/compare.json"))["seed_groups"]
+        for g in json.loads(sh(repo, "git", "show", f"{e['rev']}:reports/compare.json"))["seed_groups"]
         if set(g["runs"]) == {r.info.run_id for r in runs}
     ]
     [group] = groups

@@ -24,6 +24,7 @@ def test_synthetic_source_writes_the_layout_and_counts(tmp_path):
     written = files(tmp_path / paths.RAW_DIR)
     assert metrics == {"source": "synthetic", "files": len(written), "bytes": sum(map(len, written.values()))}
     assert read_json(tmp_path / paths.DOWNLOAD_JSON) == metrics
+    assert read_json(tmp_path / paths.DOWNLOAD_METRICS) == {"source": "synthetic", "files": len(written)}  # headline
     assert sum(k.endswith(".png") and "/images/" in k for k in written) == 60
     assert [p.name for p in (tmp_path / paths.RAW_DIR).parent.iterdir()] == ["raw"]  # no temp left
 
@@ -48,7 +49,7 @@ def test_missing_local_path_keeps_existing_raw_data(tmp_path):
     with pytest.raises(UserError, match=r"data.local.path: .*nope does not exist"):
         fetch_dataset(data, 0, tmp_path)
     assert files(raw) == {"keep.png": b"old"}
-    assert not (tmp_path / paths.DOWNLOAD_JSON).exists()
+    assert not (tmp_path / paths.DOWNLOAD_JSON).exists() and not (tmp_path / paths.DOWNLOAD_METRICS).exists()
 
 
 @pytest.mark.parametrize("member", ["../evil.png", "/abs/evil.png", "a/../../evil.png"])

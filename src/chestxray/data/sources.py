@@ -20,7 +20,8 @@ from chestxray import paths
 from chestxray.config import DataSettings, ExternalDataset
 from chestxray.data import synthetic
 from chestxray.errors import UserError
-from chestxray.io import atomic_path, write_json
+from chestxray.io import atomic_path
+from chestxray.records import write_record
 from chestxray.resources import require_free_space
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ CREDENTIALS_HELP = (
 
 def fetch_dataset(data: DataSettings, seed: int, root: Path = Path(".")) -> dict[str, Any]:
     """Fill ``root/data/raw`` from ``data.source``, atomically; write where it came from and its size
-    to ``root/metrics/download.json``.
+    to ``root/reports/download.json`` (headline: ``metrics/download.json``).
 
     Kaggle downloads record ``slug``, ``version``, and the archive's ``size`` and ``sha256``; a
     local archive records its ``size`` and ``sha256``."""
@@ -52,7 +53,7 @@ def fetch_dataset(data: DataSettings, seed: int, root: Path = Path(".")) -> dict
             origin = download_kaggle(data.kaggle.dataset, tmp, root / paths.DOWNLOADS_DIR)
     files = [p for p in raw_dir.rglob("*") if p.is_file()]
     metrics = {"source": data.source, **origin, "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
-    write_json(root / paths.DOWNLOAD_JSON, metrics)
+    write_record("download", metrics, root / paths.DOWNLOAD_JSON, root / paths.DOWNLOAD_METRICS)
     log.info("%s dataset in %s: %d files, %.1f MB", data.source, raw_dir, metrics["files"], metrics["bytes"] / 1e6)
     return metrics
 

@@ -18,7 +18,8 @@ from chestxray.data.duplicates import components, near_pairs
 from chestxray.data.labels import label_counts
 from chestxray.data.split_table import COLUMNS, SPLITS, data_version
 from chestxray.errors import UserError
-from chestxray.io import write_csv, write_json
+from chestxray.io import write_csv
+from chestxray.records import write_record
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ MAX_FOLDS = 20  # split fractions are met to within 1/40 (a fraction is a whole 
 
 def split_dataset(split: SplitSettings, near_distance: int, root: Path = Path(".")) -> dict[str, Any]:
     """Split ``root``'s clean manifest; write the split table (``path, label, split, group``) and
-    ``metrics/split.json`` (counts, groups, leakage). Leakage across splits fails the stage."""
+    ``reports/split.json`` (counts, groups, leakage; headline: ``metrics/split.json``). Leakage across
+    splits fails the stage."""
     manifest = pd.read_csv(root / paths.MANIFEST_CSV, dtype=str, keep_default_na=False)
     table = assign_splits(manifest, split.val, split.test, split.seed, split.use_source_split)
     leakage = leakage_pairs(table, near_distance)
@@ -40,7 +42,7 @@ def split_dataset(split: SplitSettings, near_distance: int, root: Path = Path(".
         "removed_cross_split_duplicates": len(manifest) - len(table),
     }
     if any(leakage.values()):
-        write_json(root / paths.SPLIT_JSON, metrics)
+        write_record("split", metrics, root / paths.SPLIT_JSON, root / paths.SPLIT_METRICS)
         raise UserError(
             f"leakage across splits: {leakage['exact_pairs']} identical and {leakage['near_pairs']} near-identical "
             f"image pairs (see {root / paths.SPLIT_JSON}); re-run validate with the same "
@@ -48,7 +50,7 @@ def split_dataset(split: SplitSettings, near_distance: int, root: Path = Path(".
         )
     write_csv(root / paths.SPLIT_CSV, table[list(COLUMNS)])
     metrics["data_version"] = data_version(root / paths.SPLIT_CSV)
-    write_json(root / paths.SPLIT_JSON, metrics)
+    write_record("split", metrics, root / paths.SPLIT_JSON, root / paths.SPLIT_METRICS)
     log.info(
         "split %d images in %d groups: %s", len(table), groups, {s: int((table["split"] == s).sum()) for s in SPLITS}
     )

@@ -25,7 +25,8 @@ from chestxray.data.images import ImageInfo, inspect_all
 from chestxray.data.labels import apply_task, imbalance, label_counts
 from chestxray.data.layouts import read_layout
 from chestxray.errors import UserError
-from chestxray.io import atomic_path, write_csv, write_json
+from chestxray.io import atomic_path, write_csv
+from chestxray.records import write_record
 from chestxray.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,9 @@ class Check:
 
 def validate_dataset(data: DataSettings, rules: ValidateSettings, out: Path = Path(".")) -> dict[str, Any]:
     """Validate ``out``'s ``data/raw`` (read in ``data.layout``, labelled for ``data.task``); write under
-    ``out`` the clean manifest, the rejected table, ``metrics/validate.json`` and Data Docs.
-    Above ``rules.max_reject_fraction`` rejected, stop (UserError) after writing the rejected
-    table, the metrics and Data Docs, but not the manifest."""
+    ``out`` the clean manifest, the rejected table, ``reports/validate.json`` (headline:
+    ``metrics/validate.json``) and Data Docs. Above ``rules.max_reject_fraction`` rejected, stop
+    (UserError) after writing the rejected table, the record and Data Docs, but not the manifest."""
     raw_dir = out / paths.RAW_DIR
     table, reconciliation = read_layout(raw_dir, data.layout, data.csv)
     table, task = apply_task(table, data.task, data.label_map)
@@ -93,7 +94,7 @@ def validate_dataset(data: DataSettings, rules: ValidateSettings, out: Path = Pa
         log.warning("rejected %d file(s): %s (see %s)", n, reason, out / paths.REJECTED_CSV)
     write_csv(out / paths.REJECTED_CSV, rejected)
     if not metrics["gate"]["passed"]:
-        write_json(out / paths.VALIDATE_JSON, metrics)
+        write_record("validate", metrics, out / paths.VALIDATE_JSON, out / paths.VALIDATE_METRICS)
         raise UserError(
             f"{len(rejected)} of {len(table)} images rejected ({fraction:.1%}), above validate.max_reject_fraction "
             f"({rules.max_reject_fraction:.1%}); see {out / paths.REJECTED_CSV} for each file's reason,"
@@ -105,7 +106,7 @@ def validate_dataset(data: DataSettings, rules: ValidateSettings, out: Path = Pa
     )
     metrics["imbalance"] = imbalance({c: metrics["clean"].get(c, 0) for c in classes})
     write_csv(out / paths.MANIFEST_CSV, clean)
-    write_json(out / paths.VALIDATE_JSON, metrics)
+    write_record("validate", metrics, out / paths.VALIDATE_JSON, out / paths.VALIDATE_METRICS)
     settings = {"data": data.model_dump(include={"layout", "task", "label_map", "csv"}), "validate": rules.model_dump()}
     _track(metrics, flatten(settings), out)
     log.info("validated %d images: %d clean, %d rejected", len(table), len(clean), len(rejected))

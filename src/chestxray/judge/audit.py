@@ -1,8 +1,9 @@
 """The audit stage: does the model look at the lungs, and does it hold on another source? The trained
 model scored on test images without their centre and with the centre alone, the share of its Grad-CAM
 inside the lung masks, its scores per image source and on external datasets, how close each test image
-is to the training set, and the best border-only audit run on the same data; ``metrics/audit.json``,
-``reports/audit/``, the model card with its "Shortcut audit", all of it on the training run in MLflow."""
+is to the training set, and the best border-only audit run on the same data; ``reports/audit.json``
+(headline: ``metrics/audit.json``), ``reports/audit/``, the model card with its "Shortcut audit", all of
+it on the training run in MLflow."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from chestxray.config import Params
 from chestxray.data.cache import cache_meta, load_split
 from chestxray.data.leakage import leakage_audit, plot_nearest
 from chestxray.data.masks import load_mask
-from chestxray.io import atomic_path, read_json, write_csv, write_json, write_text
+from chestxray.io import atomic_path, read_json, write_csv, write_text
 from chestxray.judge import model_card
 from chestxray.judge.audit_runs import best_border_only
 from chestxray.judge.external import score_external
 from chestxray.judge.per_source import per_source, per_source_table
 from chestxray.judge.shortcuts import gradcam_in_lungs, occlusion_scores
+from chestxray.records import write_record
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ HEADLINE = ("macro_f1", "accuracy")  # the test scores the audit puts its own be
 
 
 def audit_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
-    """Audit ``root``'s trained model (see the module's docstring); write ``metrics/audit.json`` (keys
+    """Audit ``root``'s trained model (see the module's docstring); write ``reports/audit.json`` (keys
     ``audit``, ``per_source``, ``external``, ``leakage``, ``border_only``), ``reports/audit/`` and the
     model card; log the numbers (``audit.*``, ``per_source.*``, ``external.*``, ``leakage.*``), the
     tables and the card to the training run."""
@@ -104,9 +106,9 @@ def audit_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     write_text(
         root / paths.MODEL_CARD_MD, model_card.render(run, evaluation, *records, params.evaluate.bootstrap, result)
     )
-    # audit.json tells DVC the stage is done: renamed into place only once the logging succeeded
-    with atomic_path(root / paths.AUDIT_JSON) as audit_json:
-        write_json(audit_json, result)
+    # audit.json and its headline tell DVC the stage is done: renamed into place only once the logging succeeded
+    with atomic_path(root / paths.AUDIT_METRICS) as headline_json, atomic_path(root / paths.AUDIT_JSON) as audit_json:
+        write_record("audit", result, audit_json, headline_json)
         with tracking.run(run_id=run["run_id"]):
             tracking.set_tags({f"audit.{k}": v for k, v in cfg.model_dump().items()})
             for key in ("audit", "per_source", "external", "leakage"):

@@ -17,9 +17,10 @@ from scipy.stats import binomtest
 from chestxray import paths, tracking
 from chestxray.config import CompareSettings
 from chestxray.errors import UserError
-from chestxray.io import read_json, write_json, write_text
+from chestxray.io import read_json, write_text
 from chestxray.judge import audit_runs, leaderboard, metrics
 from chestxray.judge.metrics import Metric
+from chestxray.records import write_record
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +263,8 @@ def _champion(name: str, version: dict[str, Any], moved: bool, reason: str) -> d
 
 def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]:
     """Rank the runs on the data version of ``root``'s last evaluation by validation ``compare.metric``,
-    test the top two, group seeds, update the champion; write ``metrics/compare.json``, the Markdown
-    leaderboard and its bar chart."""
+    test the top two, group seeds, update the champion; write ``reports/compare.json`` (headline:
+    ``metrics/compare.json``), the Markdown leaderboard and its bar chart."""
     metric = metrics.get(cfg.metric)
     data_version = read_json(root / paths.EVALUATE_JSON)["data_version"]
     runs = tracking.runs_for(data_version)
@@ -294,7 +295,7 @@ def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]
     board = leaderboard.markdown(rows, metric, champion_run, _intro(summary), notes)
     write_text(root / paths.LEADERBOARD_MD, board)
     leaderboard.plot(rows, metric, champion_run, root / paths.LEADERBOARD_PNG)
-    write_json(root / paths.COMPARE_JSON, summary)
+    write_record("compare", summary, root / paths.COMPARE_JSON, root / paths.COMPARE_METRICS)
     if best:
         log.info(
             "best of %d candidate run(s) on validation: %s (%s), validation %s %.4f",

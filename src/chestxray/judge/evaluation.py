@@ -18,11 +18,12 @@ from chestxray import paths, tracking
 from chestxray.config import EvaluateSettings, flatten
 from chestxray.counts import confusion
 from chestxray.data.cache import cache_meta, load_split
-from chestxray.io import atomic_path, read_json, write_csv, write_json
+from chestxray.io import atomic_path, read_json, write_csv
 from chestxray.judge import plots
 from chestxray.judge.metrics import bootstrap_ci, both_present, classification_metrics, reliability
 from chestxray.judge.operating_point import operating_point
 from chestxray.progress import progress
+from chestxray.records import write_record
 from chestxray.serve import serving
 from chestxray.serve.decision import decide
 
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 
 def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, Any]:
     """Score ``root``'s trained model on the validation and test splits of its cache; write
-    ``metrics/evaluate.json`` (test metrics at the top, ``validation``, ``operating_point``), the
-    tables and plots of ``reports/evaluate/`` and the Grad-CAM gallery; log them
+    ``reports/evaluate.json`` (test metrics at the top, ``validation``, ``operating_point``; headline:
+    ``metrics/evaluate.json``), the tables and plots of ``reports/evaluate/`` and the Grad-CAM gallery; log them
     (``test.*``, ``val.*``), the evaluate settings (as tags: a run is evaluated again when only they
     change, and MLflow params cannot change) and the servable model to the training run."""
     # Imported here: they load TensorFlow; models also registers the custom layer and the focal
@@ -65,10 +66,14 @@ def evaluate_model(cfg: EvaluateSettings, root: Path = Path(".")) -> dict[str, A
     images = rows["test"]["path"]
     write_plots(y, prob, classes, images, metrics, cfg.calibration_bins, root)
     gallery(model, x, y, prob, classes, images, root / paths.GRADCAM_DIR, cfg.gradcam_images)
-    # evaluate.json tells DVC the stage is done: written first beside its place (a read-only
-    # metrics/ fails before the slow logging), renamed into place only once the logging succeeded.
-    with atomic_path(root / paths.EVALUATE_JSON) as evaluate_json:
-        write_json(evaluate_json, metrics)
+    # evaluate.json and its headline tell DVC the stage is done: written first beside their place (a
+    # read-only reports/ or metrics/ fails before the slow logging), renamed into place only once the
+    # logging succeeded.
+    with (
+        atomic_path(root / paths.EVALUATE_METRICS) as headline_json,
+        atomic_path(root / paths.EVALUATE_JSON) as evaluate_json,
+    ):
+        write_record("evaluate", metrics, evaluate_json, headline_json)
         with tracking.run(run_id=run["run_id"]):
             tracking.set_tags(flatten({"evaluate": cfg.model_dump(exclude={"external"})}))  # the audit reads that
             tracking.log_metrics({k: v for k, v in metrics.items() if k != "validation"}, prefix="test.")

@@ -31,6 +31,7 @@ from chestxray.learn.callbacks import (
 from chestxray.learn.inputs import augmenter, make_dataset
 from chestxray.learn.models import SparseFocalLoss, build_model, is_pretrained, unfreeze_top
 from chestxray.progress import interactive
+from chestxray.records import write_record
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,9 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     records = {"download": root / paths.DOWNLOAD_JSON, "validate": root / paths.VALIDATE_JSON}
 
     # Left in the reverse order: the run ends, the model folder goes into place, and only then
-    # train.json, which tells DVC the stage is done.
+    # train.json and its headline, which tell DVC the stage is done.
     with (
+        atomic_path(root / paths.TRAIN_METRICS) as train_metrics,
         atomic_path(root / paths.TRAIN_JSON) as train_json,
         atomic_path(root / paths.MODEL_DIR, is_dir=True) as out,
         tracking.run(tracking.run_tags(params.model, data_version, size, meta["occlude"])) as run_id,
@@ -197,7 +199,7 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         write_json(out / "run.json", {**run, **data})
         plot_history(curves, root / paths.CURVES_PNG, fine_tune_start=fine_tune_epoch)
         tracking.log_artifacts(history_csv.parent, "train")
-        write_json(train_json, metrics)
+        write_record("train", metrics, train_json, train_metrics)
     log.info(
         "best epoch %d (of 0..%d): val_loss %.4f, val_accuracy %.4f, val_macro_f1 %.4f",
         metrics["best_epoch"],
