@@ -15,7 +15,6 @@ left RUNNING by a process that died (kill -9) is ended by the next stage on the 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import errno
 import json
 import logging
@@ -50,6 +49,22 @@ OWNER = "owner."  # tags owner.host, owner.pid, owner.pid_start: the process tha
 METRIC_KEY_REFUSED = re.compile(r"[^\w./\- :]")  # MLflow's metric keys allow word characters and . / - space :
 AUDIT_TAG, BORDER_ONLY = "audit", "border-only"  # an audit run: trained and scored without the image's centre
 RESUMED = "resumed"  # while a run is resumed: JSON of the resuming process and the run's status and end time before
+HEADLINE_METRICS = ("val.macro_f1", "test.macro_f1", "test.roc_auc_macro", "test.covid_sensitivity", "test.ece")
+# Says the experiment is for model training (MLflow 3.17's UI itself opens an experiment as its
+# GenAI/Model training switch says, kept per browser; ``ui_url`` asks for model training).
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# A view of the runs table, applied by the UI when its URL says ``viewStateShareKey=<RUNS_VIEW>`` (as
+# the UI's own "Share" button stores views): training runs, the headline metrics as columns. A fresh
+# browser otherwise shows no metric column, and no experiment tag changes that default.
+RUNS_VIEW = "headline"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
+_COLUMNS = [f"metrics.`{m}`" for m in HEADLINE_METRICS]
+EXPERIMENT_TAGS = {
+    EXPERIMENT_KIND_TAG: MODEL_TRAINING,
+    RUNS_VIEW_TAG: json.dumps(
+        {"searchFilter": "tags.stage = 'train'", "selectedColumns": _COLUMNS, "columnOrder": _COLUMNS}
+    ),
+}
 
 
 def repo_root() -> Path:
@@ -74,16 +89,37 @@ def tracking_uri() -> str:
 
 
 def experiment_id() -> str:
-    """Id of the experiment (``MLFLOW_EXPERIMENT_NAME``, default 'chestxray'), created on first use."""
+    """Id of the experiment (``MLFLOW_EXPERIMENT_NAME``, default 'chestxray'), created on first use
+    with ``EXPERIMENT_TAGS``; an existing experiment gets those it lacks (``_tag_experiment``)."""
     mlflow.set_tracking_uri(tracking_uri())
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return mlflow.create_experiment(name, artifact_location=_artifact_location(tracking_uri()))
-    except MlflowException:  # created meanwhile by a parallel queued experiment
-        return mlflow.get_experiment_by_name(name).experiment_id
+    if found is None:
+        try:
+            return mlflow.create_experiment(
+                name, artifact_location=_artifact_location(tracking_uri()), tags=EXPERIMENT_TAGS
+            )
+        except MlflowException:  # created meanwhile by a parallel queued experiment
+            found = mlflow.get_experiment_by_name(name)
+    _tag_experiment(found.experiment_id, found.tags)
+    return found.experiment_id
+
+
+def _tag_experiment(exp: str, tags: Mapping[str, str]) -> None:
+    """Give experiment ``exp`` the ``EXPERIMENT_TAGS`` it lacks, and the project's runs view when it
+    differs (the UI reads it at each visit); a kind the user chose in the UI is kept."""
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in tags or (key == RUNS_VIEW_TAG and tags[key] != value):
+            _client().set_experiment_tag(exp, key, value)
+
+
+def ui_url(base: str | None = None) -> str:
+    """The experiment's runs table with the headline metrics as columns, in the MLflow UI at ``base``
+    (default: the tracking server, or ``mlflow ui``'s http://127.0.0.1:5000 for a SQLite store)."""
+    uri = tracking_uri()
+    base = base or (uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")
+    query = f"workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id()}/runs?{query}"
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -117,8 +153,8 @@ def run_tags(model: str, data_version: str, image_size: int, occlude: float = 0.
 
 @contextlib.contextmanager
 def run(tags: Mapping[str, str] | None = None, run_id: str | None = None, name: str | None = None) -> Iterator[str]:
-    """Start a run (named ``name``, else after ``DVC_EXP_NAME`` when DVC sets it, else uniquely), or
-    resume ``run_id``. A new run ends FINISHED, KILLED on KeyboardInterrupt, FAILED on any other
+    """Start a run named by ``run_name`` (``name`` says what ran, e.g. 'eda'; default: the backbone),
+    or resume ``run_id``. A new run ends FINISHED, KILLED on KeyboardInterrupt, FAILED on any other
     exception; a resumed run ends with the status and end time it had before. First ends the runs
     that dead processes of this host left RUNNING (``_reap_orphans``). A store on a full disk
     raises OSError(ENOSPC) naming the database, which the stage edge reports in one line."""
@@ -147,7 +183,7 @@ def _run(tags: Mapping[str, str] | None, run_id: str | None, name: str | None) -
     before = _resumable(client, run_id)
     run_id = _start(client, exp, before, dict(tags or {}), name)
     try:
-        log.info("MLflow run %s in %s", run_id, tracking_uri())
+        log.info("MLflow run %s in %s; runs table: %s", run_id, tracking_uri(), ui_url())
         yield run_id
     except KeyboardInterrupt:
         _end(client, before, RunStatus.KILLED)
@@ -158,11 +194,14 @@ def _run(tags: Mapping[str, str] | None, run_id: str | None, name: str | None) -
     _end(client, before, RunStatus.FINISHED)
 
 
-def _unique_name(tags: Mapping[str, str]) -> str:
-    """``<model or stage>-<UTC yyyymmdd-HHMMSS>-<4 hex>``, drawn from ``secrets``: MLflow's own
-    names come from the ``random`` module, which the global seed makes repeat."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{tags.get('model') or tags.get('stage') or 'run'}-{stamp}-{secrets.token_hex(2)}"
+def run_name(tags: Mapping[str, str], what: str | None = None) -> str:
+    """``<what>[-<data version>]-<DVC experiment name or 8 hex>``: ``what`` defaults to the backbone
+    (tag ``model``), else the stage; the hex digits are drawn from ``secrets`` (MLflow's own names
+    come from the ``random`` module, which the global seed makes repeat), so plain ``dvc repro``
+    runs differ too."""
+    what = what or tags.get("model") or tags.get("stage") or "run"
+    suffix = os.environ.get("DVC_EXP_NAME") or secrets.token_hex(4)
+    return "-".join(part for part in (what, tags.get("data_version"), suffix) if part)
 
 
 def _resumable(client: MlflowClient, run_id: str | None) -> RunInfo | None:
@@ -181,8 +220,7 @@ def _start(client: MlflowClient, exp: str, before: RunInfo | None, tags: dict[st
     ``resumed`` tag (set first, so a run RUNNING for this process always says what to restore)."""
     if before is None:
         tags |= {OWNER + k: v for k, v in _owner().items()}
-        name = name or os.environ.get("DVC_EXP_NAME") or _unique_name(tags)
-        return mlflow.start_run(experiment_id=exp, run_name=name, tags=tags).info.run_id
+        return mlflow.start_run(experiment_id=exp, run_name=run_name(tags, name), tags=tags).info.run_id
     resumed = {**_owner(), "status": before.status, "end_time": before.end_time}
     client.set_tag(before.run_id, RESUMED, json.dumps(resumed))
     return mlflow.start_run(run_id=before.run_id, experiment_id=exp, tags=tags).info.run_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import random
@@ -47,7 +48,7 @@ def test_default_store_keeps_artifacts_beside_it(tmp_path, monkeypatch):
             {"a": 1, "nested": {"b": 2.5, "skip": None, "nan": float("nan")}, "flag": True}, prefix="t."
         )
     run = mlflow.get_run(run_id)
-    assert run.info.run_name == "brisk-lamb" and run.data.tags["dvc_exp_name"] == "brisk-lamb"
+    assert run.info.run_name == "cnn-abc-brisk-lamb" and run.data.tags["dvc_exp_name"] == "brisk-lamb"
     assert run.data.metrics == {"t.a": 1.0, "t.nested.b": 2.5}
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
@@ -166,7 +167,44 @@ def test_runs_get_different_names_under_the_same_global_seed(mlflow_store, monke
         with tracking.run(tracking.run_tags("cnn", "abc", image_size=64)) as run_id:
             names.append(mlflow.get_run(run_id).info.run_name)
     assert names[0] != names[1]
-    assert all(re.fullmatch(r"cnn-\d{8}-\d{6}-[0-9a-f]{4}", name) for name in names), names
+    assert all(re.fullmatch(r"cnn-abc-[0-9a-f]{8}", name) for name in names), names
+
+
+def test_a_run_name_says_what_ran_on_which_data_in_which_experiment(monkeypatch):
+    train = tracking.run_tags("vgg16", "4bdd84e5c77a", image_size=224)
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-lamb")
+    assert tracking.run_name(train) == "vgg16-4bdd84e5c77a-brisk-lamb"
+    assert tracking.run_name({"stage": "eda"}, "eda") == "eda-brisk-lamb"
+    monkeypatch.delenv("DVC_EXP_NAME")  # plain `dvc repro`: a short random id instead
+    names = {tracking.run_name(train) for _ in range(50)}
+    assert len(names) == 50 and all(re.fullmatch(r"vgg16-4bdd84e5c77a-[0-9a-f]{8}", n) for n in names), names
+    assert re.fullmatch(r"validate-[0-9a-f]{8}", tracking.run_name({"stage": "validate"}, "validate"))
+    assert re.fullmatch(r"test-[0-9a-f]{8}", tracking.run_name({"stage": "test"}))
+    assert re.fullmatch(r"run-[0-9a-f]{8}", tracking.run_name({}))
+
+
+def test_the_experiment_is_for_model_training_and_carries_the_runs_view(mlflow_store):
+    client = mlflow.MlflowClient(mlflow_store)
+    exp = tracking.experiment_id()
+    assert client.get_experiment(exp).tags == tracking.EXPERIMENT_TAGS
+    view = json.loads(tracking.EXPERIMENT_TAGS[tracking.RUNS_VIEW_TAG])
+    assert view["selectedColumns"][:2] == ["metrics.`val.macro_f1`", "metrics.`test.macro_f1`"]
+    assert tracking.ui_url("http://host:8080/") == (
+        f"http://host:8080/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey=headline"
+    )
+    assert tracking.ui_url().startswith(f"http://127.0.0.1:5000/#/experiments/{exp}/runs?")  # `mlflow ui`'s default
+
+
+def test_an_existing_experiment_gets_the_tags_it_lacks_and_keeps_a_kind_set_in_the_ui(mlflow_store):
+    client = mlflow.MlflowClient(mlflow_store)
+    old = client.create_experiment("chestxray")  # as earlier versions of the project made it
+    assert tracking.experiment_id() == old and client.get_experiment(old).tags == tracking.EXPERIMENT_TAGS
+    client.set_experiment_tag(old, tracking.EXPERIMENT_KIND_TAG, "genai_development")  # a user's choice
+    client.set_experiment_tag(old, tracking.RUNS_VIEW_TAG, "{}")  # an older view of the project
+    tracking.experiment_id()
+    tags = client.get_experiment(old).tags
+    assert tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
+    assert tags[tracking.RUNS_VIEW_TAG] == tracking.EXPERIMENT_TAGS[tracking.RUNS_VIEW_TAG]
 
 
 def test_only_a_ready_logged_model_counts(mlflow_store):

@@ -168,7 +168,7 @@ def test_a_clean_dataset_passes_with_reports_and_an_mlflow_run(raw, tmp_path, st
     assert not (out / paths.EDA_DIR).exists()  # the eda stage's job
 
     (run,) = runs(store)
-    assert run.info.run_name == "validate" and run.data.tags["stage"] == "validate"
+    assert run.info.run_name.startswith("validate-") and run.data.tags["stage"] == "validate"
     assert run.data.metrics["clean.COVID"] == metrics["clean"]["COVID"]
     # the params it read, and only those
     expected = {"data.layout", "data.task", "data.label_map"} | {
@@ -198,7 +198,7 @@ def test_eda_reads_the_manifest_and_decodes_only_the_grid_images(raw, tmp_path, 
     page = (out / paths.EDA_DIR / "index.html").read_text()
     assert "<h2>Random sample: Viral Pneumonia</h2>" in page
     run = next(r for r in runs(store) if r.data.tags["stage"] == "eda")
-    assert run.info.run_name == "eda" and run.data.params == {"seed": "3"}
+    assert run.info.run_name.startswith("eda-") and run.data.params == {"seed": "3"}
     assert {a.path for a in store.list_artifacts(run.info.run_id, "eda")} == {f"eda/{f}" for f in summary["files"]}
 
 
