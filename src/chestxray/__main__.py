@@ -1,10 +1,13 @@
-"""The command line: ``chestxray predict PATH...``, ``chestxray app``, ``chestxray promote RUN_ID``
-(or ``python -m chestxray …``; see ``--help``). ``-v`` also shows TensorFlow's start-up lines."""
+"""The command line: ``chestxray predict PATH...``, ``chestxray app``, ``chestxray ui``,
+``chestxray promote RUN_ID`` (or ``python -m chestxray …``; see ``--help``). ``-v`` also shows TensorFlow's start-up
+lines."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,6 +47,23 @@ def app(args: argparse.Namespace) -> None:
     web.serve(args.model or default_model(), args.host, args.port)
 
 
+def ui(args: argparse.Namespace) -> None:
+    from chestxray import tracking
+
+    uri = tracking.tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        raise UserError(f"MLFLOW_TRACKING_URI is a server ({uri}): open {tracking.ui_url()}")
+    log = logging.getLogger("chestxray")
+    log.info(
+        "MLflow UI, the runs table with the headline metrics: %s", tracking.ui_url(f"http://{args.host}:{args.port}")
+    )
+    bin_dir = Path(sys.executable).parent  # `mlflow ui` starts uvicorn by name, from the venv's bin
+    command = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    command += ["--workers", "1"]  # one person's browser
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    subprocess.run(command, env={**os.environ, "PATH": path}, check=False)
+
+
 def promote(args: argparse.Namespace) -> None:
     from chestxray.config import load_params
     from chestxray.judge import compare
@@ -53,7 +73,7 @@ def promote(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from chestxray.serve.predict import FORMATS
+    from chestxray.serve import FORMATS
 
     root = argparse.ArgumentParser(prog="chestxray", description=__doc__)
     root.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
@@ -73,6 +93,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.set_defaults(run=app)
+    p = commands.add_parser(
+        "ui", parents=[verbose], help="start the MLflow UI on the project's store, at its runs table"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.set_defaults(run=ui)
     p = commands.add_parser(
         "promote",
         parents=[verbose],

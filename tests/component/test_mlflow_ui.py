@@ -25,16 +25,15 @@ DATA_VERSION = "4bdd84e5c77a"
 
 @pytest.fixture
 def mlflow_ui(mlflow_store: str, tmp_path: Path) -> Iterator[str]:
-    """``mlflow ui`` on the test's store (one worker, a free port on 127.0.0.1): its base URL."""
-    cli = Path(sys.executable).with_name("mlflow")
+    """``chestxray ui`` on the test's store (``MLFLOW_TRACKING_URI``, a free port on 127.0.0.1): its base URL."""
     port = free_port()
-    command = [str(cli), "ui", "--backend-store-uri", mlflow_store, "--host", "127.0.0.1", "--port", str(port)]
     log = tmp_path / "mlflow-ui.log"
-    # `mlflow ui` starts `uvicorn` by name: the venv's bin must be on PATH, as when it is activated.
-    env = {**os.environ, "PATH": f"{cli.parent}{os.pathsep}{os.environ['PATH']}"}
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [*command, "--workers", "1"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-m", "chestxray", "ui", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -78,6 +77,8 @@ def test_the_project_url_opens_the_training_runs_with_the_headline_metrics(mlflo
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 800})  # a fresh browser: no saved view
+            logged = (tmp_path / "mlflow-ui.log").read_text()
+            assert tracking.ui_url(mlflow_ui) in logged  # the URL `chestxray ui` prints is the one tested here
             page.goto(tracking.ui_url(mlflow_ui))
             page.wait_for_selector(
                 f'.ag-row[row-id="{runs["vgg16"]}"] [col-id="metrics.`test.macro_f1`"]', timeout=120_000

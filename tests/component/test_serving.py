@@ -32,7 +32,7 @@ from chestxray.data.cache import cache_meta
 from chestxray.data.images import load_gray
 from chestxray.errors import UserError
 from chestxray.judge.operating_point import exact_interval, operating_point
-from chestxray.serve import predict, provenance, serving
+from chestxray.serve import FORMATS, predict, provenance, serving
 from chestxray.serve.decision import decide
 from chestxray.serve.provenance import SYNTHETIC_WARNING
 from conftest import LOOPBACK
@@ -339,7 +339,7 @@ def test_predict_on_a_real_xray_warns_that_the_model_saw_only_synthetic_data(
     trained on synthetic data: the warning in every format, and logged as a WARNING each time."""
     xray = radiography_sample / "COVID-19_Radiography_Dataset/COVID/images/COVID-1.png"
     out = {}
-    for fmt in predict.FORMATS:
+    for fmt in FORMATS:
         with caplog.at_level(logging.INFO, logger="chestxray"):
             assert main(["predict", str(xray), "--model", logged["uri"], "--format", fmt]) == 0
         out[fmt] = capsys.readouterr().out

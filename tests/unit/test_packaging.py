@@ -53,7 +53,7 @@ def test_the_chestxray_command_is_installed_with_its_verbs():
     result = subprocess.run([BIN / "chestxray", "--help"], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     verbs = re.search(r"\{([a-z,]+)\}", result.stdout).group(1).split(",")
-    assert verbs == ["predict", "app", "promote"]
+    assert verbs == ["predict", "app", "ui", "promote"]
 
 
 def test_the_licence_is_mit_in_the_file_and_in_the_installed_metadata():

@@ -1,1 +1,3 @@
 """The model in use: the MLflow pyfunc model, the predict command and the web page."""
+
+FORMATS = ("table", "json", "csv")  # the predict command's output formats

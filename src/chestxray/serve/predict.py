@@ -19,8 +19,6 @@ from chestxray.serve.serving import XrayClassifier, decode
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("table", "json", "csv")
-
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
     """The files given, and the image files (by suffix) under the folders given, in order."""
