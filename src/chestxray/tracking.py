@@ -332,11 +332,11 @@ def log_artifacts(path: Path, artifact_path: str | None) -> None:
 def log_data_records(records: Mapping[str, Mapping[str, Any]]) -> None:
     """Log the data stages' records (``{"download": {...}, "validate": {...}}``) as
     ``data/<name>.json`` artifacts, and where the data came from as ``data.*`` tags (source,
-    Kaggle slug and version, archive sha256, task)."""
+    Kaggle slug and version, a local dataset's name, archive sha256, task)."""
     for name, record in records.items():
         mlflow.log_dict(dict(record), f"data/{name}.json")
     download = records.get("download", {})
-    tags = {f"data.{k}": str(download[k]) for k in ("source", "slug", "version", "sha256") if k in download}
+    tags = {f"data.{k}": str(download[k]) for k in ("source", "slug", "name", "version", "sha256") if k in download}
     if "task" in records.get("validate", {}):
         tags["data.task"] = records["validate"]["task"]["name"]
     set_tags(tags)

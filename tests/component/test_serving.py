@@ -160,8 +160,10 @@ def test_real_data_is_named_without_a_warning():
     }
     assert provenance.trained_on(kaggle) == "kaggle tawsifurrahman/covid19-radiography-database · data 0123abcd4567"
     assert provenance.warning(kaggle) == ""
-    local = provenance.training_data("local", None, "0123abcd4567")
-    assert provenance.trained_on(local) == "local · data 0123abcd4567" and provenance.warning(local) == ""
+    local = provenance.training_data("local", "covid19-radiography-sample.zip", "0123abcd4567")
+    assert provenance.trained_on(local) == "local covid19-radiography-sample.zip · data 0123abcd4567"
+    assert provenance.warning(local) == ""
+    assert provenance.training_data("local", None, "0123abcd4567")["dataset"] == "local"  # logged before names
     unknown = provenance.training_data(None, None, None)  # a run without training's tags
     assert provenance.trained_on(unknown) == "unknown" and provenance.warning(unknown) == ""
 

@@ -36,7 +36,7 @@ def test_local_folder_and_zip_give_the_same_raw_data(raw_dataset, tmp_path):
             zf.write(p, p.relative_to(raw_dataset).as_posix())
     for name, path in (("folder", raw_dataset), ("zip", archive)):
         data = make_params(**{"data.source": "local", "data.local.path": str(path)}).data
-        fetch_dataset(data, 0, tmp_path / name)
+        assert fetch_dataset(data, 0, tmp_path / name)["name"] == path.name  # the dataset the model names
     raw = paths.RAW_DIR
     assert files(tmp_path / "folder" / raw) == files(tmp_path / "zip" / raw) == files(raw_dataset)
 

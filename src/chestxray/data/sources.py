@@ -40,7 +40,7 @@ def fetch_dataset(data: DataSettings, seed: int, root: Path = Path(".")) -> dict
     to ``root/reports/download.json`` (headline: ``metrics/download.json``).
 
     Kaggle downloads record ``slug``, ``version``, and the archive's ``size`` and ``sha256``; a
-    local archive records its ``size`` and ``sha256``."""
+    local dataset records its ``name``, and an archive its ``size`` and ``sha256``."""
     check_source(data)
     raw_dir = root / paths.RAW_DIR
     origin: dict[str, Any] = {}
@@ -94,15 +94,16 @@ def local_kind(source: Path, key: str = "data.local.path") -> str:
 
 
 def ingest_local(source: Path, dest: Path) -> dict[str, Any]:
-    """Copy a dataset folder, or safely extract a .zip archive, into ``dest``; an archive's
-    size and sha256 are returned."""
+    """Copy a dataset folder, or safely extract a .zip archive, into ``dest``. Returns its ``name``
+    (the folder's or the archive's file name, which the model names as its dataset) and an archive's
+    size and sha256."""
     if local_kind(source) == "folder":
         size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
         require_free_space(dest, size, f"a copy of {source}", "free space, or point data.local.path elsewhere")
         shutil.copytree(source, dest, dirs_exist_ok=True)
-        return {}
+        return {"name": source.name}
     extract_zip(source, dest)
-    return {"size": source.stat().st_size, "sha256": sha256(source)}
+    return {"name": source.name, "size": source.stat().st_size, "sha256": sha256(source)}
 
 
 def extract_zip(archive: Path, dest: Path, fix: str = "download it again") -> None:

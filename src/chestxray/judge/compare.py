@@ -172,9 +172,9 @@ def challenge(
 
 
 def version_tags(run: dict[str, Any], metric: str) -> dict[str, str]:
-    """Registry tags of a run's model version: its data version, data source and Kaggle slug (where
+    """Registry tags of a run's model version: its data version, data source, Kaggle slug or local name (where
     the run has them), validation and test ``metric`` (where evaluated)."""
-    tags = {k: run["tags"][k] for k in ("data_version", "data.source", "data.slug") if k in run["tags"]}
+    tags = {k: run["tags"][k] for k in ("data_version", "data.source", "data.slug", "data.name") if k in run["tags"]}
     scores = {f"{split}.{metric}": run["metrics"].get(f"{split}.{metric}") for split in leaderboard.SPLITS}
     return tags | {k: str(v) for k, v in scores.items() if v is not None}
 

@@ -135,7 +135,7 @@ def render(
 def data_lines(download: Mapping[str, Any], data_version: str) -> list[str]:
     """The card's first lines: the data the model was trained on (``serve.provenance``), after the
     warning and how to train on real data when that data is synthetic."""
-    data = provenance.training_data(download.get("source"), download.get("slug"), data_version)
+    data = provenance.training_data(download.get("source"), download.get("slug") or download.get("name"), data_version)
     lines = [f"Trained on: **{provenance.trained_on(data)}**.", ""]
     if warning := provenance.warning(data):
         banner = (

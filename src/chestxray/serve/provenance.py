@@ -11,15 +11,16 @@ SYNTHETIC_WARNING = "synthetic data: not meaningful on real X-rays"
 UNKNOWN = "unknown"
 
 
-def training_data(source: str | None, slug: str | None, data_version: str | None) -> dict[str, Any]:
+def training_data(source: str | None, dataset: str | None, data_version: str | None) -> dict[str, Any]:
     """The ``data`` entry of a model's settings: ``source`` (synthetic | kaggle | local), ``dataset``
-    (the Kaggle slug, else the source's name), ``data_version`` (the split's hash) and ``synthetic``;
-    what is not known is ``unknown``. Training records them in ``metrics/download.json`` and as the
-    run's ``data.source``, ``data.slug`` and ``data_version`` tags."""
+    (the Kaggle slug or the local folder's or archive's name, else the source's name), ``data_version``
+    (the split's hash) and ``synthetic``; what is not known is ``unknown``. Training records them in
+    ``reports/download.json`` and as the run's ``data.source``, ``data.slug`` or ``data.name``, and
+    ``data_version`` tags."""
     source = source or UNKNOWN
     return {
         "source": source,
-        "dataset": slug if source == "kaggle" and slug else source,
+        "dataset": dataset if dataset and source in ("kaggle", "local") else source,
         "data_version": data_version or UNKNOWN,
         "synthetic": source == "synthetic",
     }

@@ -169,7 +169,7 @@ def log_model(keras_file: Path, classes: Sequence[str], image_size: int, operati
     served and loaded with no checkout of this repository. ``operating_point`` is evaluate's
     (``judge.operating_point``): the model applies its threshold and carries its ``SERVED_FIGURES``.
     It also carries what it was trained on (``data``: ``serve.provenance.training_data``), from the
-    run's tags that training sets (``data.source``, ``data.slug``, ``data_version``).
+    run's tags that training sets (``data.source``, ``data.slug`` or ``data.name``, ``data_version``).
     The classes, size, threshold, figures and data travel as a JSON artifact, not as MLflow's
     ``model_config``, which MLflow also logs as run params: a run evaluated again with a new
     threshold would keep the old one there (params cannot change). If logging fails or is
@@ -182,7 +182,9 @@ def log_model(keras_file: Path, classes: Sequence[str], image_size: int, operati
         "image_size": int(image_size),
         "threshold": float(operating_point["threshold"]),
         "operating_point": {key: operating_point[key] for key in SERVED_FIGURES},
-        "data": provenance.training_data(tags.get("data.source"), tags.get("data.slug"), tags.get("data_version")),
+        "data": provenance.training_data(
+            tags.get("data.source"), tags.get("data.slug") or tags.get("data.name"), tags.get("data_version")
+        ),
     }
     before = {model_id for model_id, _ in logged_model_ids(run_id)}
     try:
