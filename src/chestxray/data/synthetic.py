@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from chestxray.data.radiography import CLASSES, DIR, IMAGES, MASKS, REAL_COUNTS, metadata_file
 from chestxray.errors import UserError
+from chestxray.progress import track
 from chestxray.resources import require_free_space
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def generate(root: Path, n_images: int, seed: int) -> dict[str, int]:
         (base / cls / MASKS).mkdir(parents=True)
         _write_metadata(base / metadata_file(cls), cls, counts[cls])
     jobs = [(k, cls, n) for k, cls in enumerate(CLASSES) for n in range(1, counts[cls] + 1)]
-    for k, cls, n in tqdm(jobs, desc="synthetic X-rays", unit="img"):
+    for k, cls, n in track(jobs, len(jobs), "synthetic X-rays"):
         image, mask = _render(cls, np.random.default_rng([seed, k, n]))
         image.save(base / cls / IMAGES / f"{cls}-{n}.png")
         mask.save(base / cls / MASKS / f"{cls}-{n}.png")

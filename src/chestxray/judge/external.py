@@ -27,6 +27,7 @@ from chestxray.errors import UserError
 from chestxray.io import atomic_path, read_json, write_json
 from chestxray.judge.metrics import bootstrap_ci, classification_metrics
 from chestxray.learn.models import predict_proba
+from chestxray.progress import progress
 from chestxray.tasks import COVID, TASKS
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,9 @@ def score_external(
             " data); point it to another dataset"
         )
     external = list(TASKS[dataset.task])
-    prob = map_probabilities(predict_proba(model, occlude_centre(x, occlude) if occlude > 0 else x), mapping, external)
+    with progress(len(x), f"predict {dataset.name}") as bar:
+        prob = predict_proba(model, occlude_centre(x, occlude) if occlude > 0 else x, bar)
+    prob = map_probabilities(prob, mapping, external)
     y = table["label"].map(external.index).to_numpy()
     groups = [p or path for p, path in zip(table["patient_id"].astype(str), table["path"], strict=True)]
     values = classification_metrics(y, prob, external, cfg.calibration_bins)
