@@ -91,3 +91,18 @@ def test_no_pyplot_state_is_left_behind(tmp_path: Path) -> None:
     before = plt.get_fignums()
     plot_history(history(), tmp_path / "history.png", None)
     assert plt.get_fignums() == before
+
+
+def test_the_dvc_plots_page_is_built_once_per_bundle(tmp_path):
+    from chestxray.judge import plots_page
+
+    page = tmp_path / "plots_template.html"
+    plots_page.write_page(page)
+    text = page.read_text(encoding="utf-8")
+    assert "{plot_divs}" in text and "{scripts}" not in text and "vegaEmbed" in text  # no CDN scripts
+    page.write_text(text.replace("<title>", "<!-- kept -->\n<title>"), encoding="utf-8")
+    plots_page.write_page(page)  # same bundle: left as it is
+    assert "<!-- kept -->" in page.read_text(encoding="utf-8")
+    page.write_text(text.replace(plots_page.generator(), "<!-- an older bundle -->"), encoding="utf-8")
+    plots_page.write_page(page)  # another bundle: built again
+    assert page.read_text(encoding="utf-8") == text

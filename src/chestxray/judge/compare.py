@@ -18,7 +18,7 @@ from chestxray import paths, tracking
 from chestxray.config import CompareSettings
 from chestxray.errors import UserError
 from chestxray.io import read_json, write_text
-from chestxray.judge import audit_runs, leaderboard, metrics
+from chestxray.judge import audit_runs, leaderboard, metrics, plots_page
 from chestxray.judge.metrics import Metric
 from chestxray.records import write_record
 
@@ -264,7 +264,7 @@ def _champion(name: str, version: dict[str, Any], moved: bool, reason: str) -> d
 def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]:
     """Rank the runs on the data version of ``root``'s last evaluation by validation ``compare.metric``,
     test the top two, group seeds, update the champion; write ``reports/compare.json`` (headline:
-    ``metrics/compare.json``), the Markdown leaderboard and its bar chart."""
+    ``metrics/compare.json``), the Markdown leaderboard and its bar chart, and the page `dvc plots` fills."""
     metric = metrics.get(cfg.metric)
     data_version = read_json(root / paths.EVALUATE_JSON)["data_version"]
     runs = tracking.runs_for(data_version)
@@ -296,6 +296,7 @@ def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]
     write_text(root / paths.LEADERBOARD_MD, board)
     leaderboard.plot(rows, metric, champion_run, root / paths.LEADERBOARD_PNG)
     write_record("compare", summary, root / paths.COMPARE_JSON, root / paths.COMPARE_METRICS)
+    plots_page.write_page(root / paths.PLOTS_TEMPLATE_HTML)
     if best:
         log.info(
             "best of %d candidate run(s) on validation: %s (%s), validation %s %.4f",

@@ -5,6 +5,7 @@ package instead of loaded from a CDN."""
 from __future__ import annotations
 
 import logging
+from importlib import metadata
 from pathlib import Path
 
 import vl_convert
@@ -20,6 +21,7 @@ PAGE = """<!DOCTYPE html>
 <html>
 <head>
     <meta charset="utf-8">
+    {generator}
     <title>DVC plots</title>
     <script>
 {bundle}
@@ -37,12 +39,22 @@ PAGE = """<!DOCTYPE html>
 log = logging.getLogger(__name__)
 
 
+def generator() -> str:
+    """The page's generator tag: the vl-convert-python release and Vega-Lite version its bundle is from."""
+    release = metadata.version("vl-convert-python")
+    return f'<meta name="generator" content="vl-convert-python {release}, Vega-Lite {VEGA_LITE}">'
+
+
 def page() -> str:
     """The template: the page with vega, vega-lite and vega-embed inlined as globals (vegaEmbed)."""
-    return PAGE.format(bundle=vl_convert.javascript_bundle(vl_version=VEGA_LITE))
+    return PAGE.format(generator=generator(), bundle=vl_convert.javascript_bundle(vl_version=VEGA_LITE))
 
 
 def write_page(path: Path = Path(paths.PLOTS_TEMPLATE_HTML)) -> None:
-    """Write the template to ``path``, where .dvc/config's ``plots.html_template`` points."""
+    """Write the template to ``path``, where .dvc/config's ``plots.html_template`` points, unless the
+    page there is already from the same bundle (DVC keeps it between runs: ``persist``), as building
+    the bundle takes seconds."""
+    if path.is_file() and generator() in path.read_text(encoding="utf-8")[:1000]:
+        return
     write_text(path, page())
     log.info("%s: dvc plots page with Vega-Lite %s inlined", path, VEGA_LITE)
