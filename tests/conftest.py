@@ -7,8 +7,10 @@ import io
 import os
 import subprocess
 import tempfile
+import time
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 # HTTP to servers the tests start on 127.0.0.1, never through a proxy a developer has set.
 LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def wait_until_up(
+    url: str, server: subprocess.Popen, what: str, output: Callable[[], str], timeout: float = 180
+) -> None:
+    """Poll ``url`` until it answers 200; fail naming ``what``, with ``output()`` (the server's
+    output), if the server exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.poll() is None, f"{what} exited with {server.returncode}:\n{output()}"
+        try:
+            with LOOPBACK.open(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not answer {url} within {timeout:.0f} s:\n{output()}"
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")
@@ -202,3 +222,28 @@ def fill(disk: Path) -> None:
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps trying to reach Google on a closed network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's Chromium; skipped with a reason when absent, except under CI (CI must run the test)."""
+    if not CHROMIUM.is_file():
+        reason = f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run the browser test"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so it must run", pytrace=False)
+        pytest.skip(reason)
+    return CHROMIUM

@@ -48,18 +48,23 @@ def kaggle(radiography_zip: bytes, no_credentials: Path, monkeypatch: pytest.Mon
         yield stub
 
 
+def download_stage(work: Path) -> subprocess.CompletedProcess:
+    """The real download stage script, as DVC runs it, in ``work`` with the project's params and
+    ``data.source: kaggle``."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["source"] = "kaggle"
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, str(REPO / "stages/download.py")]
+    return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, check=False)
+
+
 def test_download_stage_output_is_the_sample_byte_for_byte(kaggle, radiography_zip, radiography_sample, tmp_path):
     """The real stage script, as DVC runs it: data/raw equals the sample; metrics name the
     slug, version, size and sha256; the key appears in no output and no written file."""
     work = tmp_path / "work"
     work.mkdir()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"]["source"] = "kaggle"
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "stages/download.py")], cwd=work, env=env, capture_output=True, text=True
-    )
+    done = download_stage(work)
     assert done.returncode == 0, done.stderr
     assert files(work / "data/raw") == files(radiography_sample)
     metrics = json.loads((work / paths.DOWNLOAD_JSON).read_text())  # the record: the headline has no slug
@@ -177,13 +182,7 @@ def test_without_credentials_the_stage_prints_only_its_own_line(no_credentials, 
     """The real client, in the real stage script: importing it and authenticating print its own
     18-line sign-in help (`kaggle auth login`, ~/.kaggle/access_token) and call exit(1); only the
     project's line, naming kaggle.json, may show."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"]["source"] = "kaggle"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "stages/download.py")], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    done = download_stage(tmp_path)
     assert done.returncode == 1 and done.stdout == ""
     (line,) = done.stderr.splitlines()
     assert line.split(" ERROR ", 1)[1] == (

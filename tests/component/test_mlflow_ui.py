@@ -8,17 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_compare import log_run
 from test_serving import free_port
-from test_web import CHROMIUM, CHROMIUM_ARGS, chromium  # noqa: F401 (chromium: the fixture that skips without it)
 
 from chestxray import tracking
-from conftest import LOOPBACK
+from conftest import CHROMIUM, CHROMIUM_ARGS, wait_until_up
 
 DATA_VERSION = "4bdd84e5c77a"
 
@@ -37,17 +35,7 @@ def mlflow_ui(mlflow_store: str, tmp_path: Path) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"`mlflow ui` exited with {server.returncode}:\n{log.read_text()}"
-            try:
-                with LOOPBACK.open(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"`mlflow ui` did not answer within 180 s:\n{log.read_text()}"
-            time.sleep(0.5)
+        wait_until_up(f"{url}/health", server, "`chestxray ui`", log.read_text)
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # its own session: `mlflow ui` and its uvicorn worker

@@ -13,9 +13,9 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -35,7 +35,7 @@ from chestxray.judge.operating_point import exact_interval, operating_point
 from chestxray.serve import FORMATS, predict, provenance, serving
 from chestxray.serve.decision import decide
 from chestxray.serve.provenance import SYNTHETIC_WARNING
-from conftest import LOOPBACK
+from conftest import LOOPBACK, wait_until_up
 
 THRESHOLD = 0.3
 # As evaluate writes it (judge.operating_point): 499 of 540 COVID and 3,590 of 3,659 other test images right.
@@ -59,6 +59,11 @@ SERVED_LINE = (
     " (exact 95 % intervals; 540 COVID and 3,659 other test images). Threshold chosen on validation by the"
     " lower_bound rule for sensitivity 0.95 (not certified: too few validation COVID images)."
 )
+
+
+def stderr_once_exited(server: subprocess.Popen) -> Callable[[], str]:
+    """The end of ``server``'s piped stderr once it has exited (reading it while it runs would block)."""
+    return lambda: server.stderr.read()[-6000:] if server.poll() is not None else ""
 
 
 @pytest.fixture(scope="module")
@@ -258,17 +263,7 @@ def test_mlflow_models_serve_answers_over_http(logged, trained_model, images, st
         text=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with LOOPBACK.open(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, f"mlflow models serve exited: {server.stderr.read()[-6000:]}"
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 180 s"
-            time.sleep(1)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, "mlflow models serve", stderr_once_exited(server))
         url = f"http://127.0.0.1:{port}/invocations"
         status, body = post(url, {"dataframe_split": {"columns": ["image"], "data": [[b64(f)] for f in images]}})
         assert status == 200, body

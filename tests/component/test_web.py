@@ -40,21 +40,9 @@ from chestxray.serve import provenance, serving, web
 from chestxray.serve.decision import decide
 from chestxray.serve.provenance import SYNTHETIC_WARNING
 from chestxray.tasks import COVID
-from conftest import LOOPBACK, SHARED
+from conftest import CHROMIUM_ARGS, LOOPBACK, SHARED
 
 XRAY = SHARED / "data/covid19-radiography-sample/COVID-19_Radiography_Dataset/COVID/images/COVID-1.png"
-CHROMIUM = Path("/usr/bin/chromium")
-# Without the background-networking flags Chromium keeps trying to reach Google on a closed network.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 NOT_AN_IMAGE = b"patient notes: this is a text file, not an X-ray\n"
 HUGE_SIDE = 13000  # px: PIL decodes the 1-bit PNG to 169 MB, and serving.decode takes twice that
 BURST = 40  # concurrent requests: as many as the server's thread pool runs at once
@@ -366,17 +354,6 @@ def test_upload_limit_is_413(server: str) -> None:
     chunks = (payload[i : i + step] for i in range(0, len(payload), step))
     status, body = call(f"{server}/predict", chunks)
     assert status == 413 and "too large" in body["detail"]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Path:
-    """Debian's Chromium; skipped with a reason when absent, except under CI (CI must run the test)."""
-    if not CHROMIUM.is_file():
-        reason = f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run the browser test"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so it must run", pytrace=False)
-        pytest.skip(reason)
-    return CHROMIUM
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from chestxray.config import flatten
 from chestxray.learn.backbones import BACKBONES
 from chestxray.records import HEADLINES
 from chestxray.serve import serving
-from conftest import KERAS_HOME, REPO
+from conftest import CHROMIUM_ARGS, KERAS_HOME, REPO
 from kaggle_server import SLUG, USER, KaggleStub
 
 pytestmark = pytest.mark.integration
@@ -604,18 +604,6 @@ def test_exp_run_on_kaggle_downloads_with_the_real_client_and_runs_everything(tm
         assert not path.is_file() or key.encode() not in path.read_bytes(), path
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-# as in tests/component/test_web.py: without the background-networking flags Chromium keeps calling Google
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral_Pneumonia"]  # as dvc-render names the per-class plots' divs
 VEGA_PLOTS = {
     "Training_curves__loss_",
@@ -625,17 +613,6 @@ VEGA_PLOTS = {
     *(f"reports_evaluate_{curve}_{c}_csv" for curve in ("roc", "pr") for c in CLASSES),
 }
 IMAGES = 5  # curves, confusion, roc, pr and reliability PNGs, per revision
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Path:
-    """Debian's Chromium; skipped with a reason when absent, except under CI (CI must run the test)."""
-    if not CHROMIUM.is_file():
-        reason = f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run the browser test"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so it must run", pytrace=False)
-        pytest.skip(reason)
-    return CHROMIUM
 
 
 def drawn_offline(page: Path, chromium: Path, screenshot: Path) -> dict:
