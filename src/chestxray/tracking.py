@@ -113,13 +113,14 @@ def _tag_experiment(exp: str, tags: Mapping[str, str]) -> None:
             _client().set_experiment_tag(exp, key, value)
 
 
-def ui_url(base: str | None = None) -> str:
-    """The experiment's runs table with the headline metrics as columns, in the MLflow UI at ``base``
-    (default: the tracking server, or ``mlflow ui``'s http://127.0.0.1:5000 for a SQLite store)."""
+def ui_url(base: str | None = None, exp: str | None = None) -> str:
+    """The runs table of experiment ``exp`` (default: ``experiment_id()``) with the headline metrics as
+    columns, in the MLflow UI at ``base`` (default: the tracking server, or ``mlflow ui``'s
+    http://127.0.0.1:5000 for a SQLite store)."""
     uri = tracking_uri()
     base = base or (uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")
     query = f"workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}"
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id()}/runs?{query}"
+    return f"{base.rstrip('/')}/#/experiments/{exp or experiment_id()}/runs?{query}"
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -183,7 +184,7 @@ def _run(tags: Mapping[str, str] | None, run_id: str | None, name: str | None) -
     before = _resumable(client, run_id)
     run_id = _start(client, exp, before, dict(tags or {}), name)
     try:
-        log.info("MLflow run %s in %s; runs table: %s", run_id, tracking_uri(), ui_url())
+        log.info("MLflow run %s in %s; runs table: %s", run_id, tracking_uri(), ui_url(exp=exp))
         yield run_id
     except KeyboardInterrupt:
         _end(client, before, RunStatus.KILLED)
