@@ -15,6 +15,7 @@ from chestxray import stage
 from chestxray.errors import UserError
 from chestxray.io import atomic_path
 
+FORMATS = ("table", "json", "csv")  # the predict command's output formats
 VERBOSE_HELP = "also show TensorFlow's start-up lines (as CHESTXRAY_VERBOSE=1 does for the stages)"
 
 
@@ -73,8 +74,6 @@ def promote(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from chestxray.serve import FORMATS
-
     root = argparse.ArgumentParser(prog="chestxray", description=__doc__)
     root.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     verbose = argparse.ArgumentParser(add_help=False)  # -v after the command too, not resetting one before it

@@ -27,12 +27,12 @@ from mlflow import MlflowClient
 
 import chestxray.learn.models  # noqa: F401  (registers the custom layer)
 from chestxray import tracking
-from chestxray.__main__ import main
+from chestxray.__main__ import FORMATS, main
 from chestxray.data.cache import cache_meta
 from chestxray.data.images import load_gray
 from chestxray.errors import UserError
 from chestxray.judge.operating_point import exact_interval, operating_point
-from chestxray.serve import FORMATS, predict, provenance, serving
+from chestxray.serve import predict, provenance, serving
 from chestxray.serve.decision import decide
 from chestxray.serve.provenance import SYNTHETIC_WARNING
 from conftest import LOOPBACK, wait_until_up

@@ -1,3 +1,1 @@
 """The model in use: the MLflow pyfunc model, the predict command and the web page."""
-
-FORMATS = ("table", "json", "csv")  # the predict command's output formats
