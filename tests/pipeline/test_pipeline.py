@@ -35,7 +35,7 @@ from kaggle_server import SLUG, USER, KaggleStub
 
 pytestmark = pytest.mark.integration
 
-# The default run with a lighter CNN and fewer epochs (a quarter of the default's training time; it
+# The default run with a lighter CNN and fewer epochs (a sixth of the default's training time here; it
 # still learns, see the first test), and a lighter MobileNetV2 for the other-model experiment: these
 # tests check the pipeline's machinery, and every experiment here trains
 OVERRIDES = {"backbones.cnn.filters": [8, 16, 32], "train.epochs": 8, "backbones.mobilenetv2.alpha": 0.35}
