@@ -10,8 +10,10 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -247,3 +249,30 @@ def chromium() -> Path:
             pytest.fail(f"{reason}; CI is set, so it must run", pytrace=False)
         pytest.skip(reason)
     return CHROMIUM
+
+
+@dataclass
+class Team:
+    """A reproduced project whose runs live on a shared tracking server (docs/team.md)."""
+
+    root: Path  # the project: a git repo, reproduced once with `dvc repro` (project.OVERRIDES)
+    env: dict[str, str]  # what its commands need beside the usual: MLFLOW_TRACKING_URI
+    store: Any  # services.ObjectStore: the S3 API server; bucket "team" holds the MLflow artifacts
+    tracking_uri: str  # http://127.0.0.1:PORT, on PostgreSQL, artifacts in s3://team/mlflow
+    first_repro: str  # the output of that dvc repro
+
+
+@pytest.fixture(scope="session")
+def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
+    """An S3 API server, PostgreSQL and an MLflow server on both, all on 127.0.0.1, and a light project
+    reproduced against them; the servers stop at the end of the session."""
+    import project
+    import services
+
+    work = tmp_path_factory.mktemp("team")
+    with services.object_store(work) as store:
+        store.make_bucket("team")
+        with services.postgres() as backend, services.tracking_server(work, backend, store, "s3://team/mlflow") as uri:
+            root = project.clean_copy(tmp_path_factory.mktemp("team-project"))
+            env = {"MLFLOW_TRACKING_URI": uri}
+            yield Team(root, env, store, uri, project.sh(root, "dvc", "repro", env=env, timeout=1800))
