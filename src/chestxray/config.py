@@ -157,7 +157,7 @@ class TrainSettings(Section):
     ema_momentum: Fraction
     head: HeadSettings
     mixed_precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]  # Keras dtype policies
-    distribute: Literal["auto", "none", "mirrored"]
+    distribute: Literal["auto", "none", "mirrored", "multiworker"]  # multiworker: TF_CONFIG, learn/cluster.py
     deterministic: bool
     augment: AugmentSettings
 

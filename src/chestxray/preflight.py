@@ -4,7 +4,8 @@ DVC deletes a stage's outputs before it runs the stage, so a value found bad ins
 would already have cost the previous results. Every stage depends on ``paths.PARAMS_OK``, which
 this stage writes, always with the same bytes, only once the whole of params.yaml passed: the
 types and ranges of ``config``, and the names the registries keep (``model``, ``data.layout``,
-``compare.metric``) and the data sources' own settings (``data.*``, each ``evaluate.external`` entry).
+``compare.metric``), the data sources' own settings (``data.*``, each ``evaluate.external`` entry)
+and, for ``train.distribute: multiworker``, the ``TF_CONFIG`` of the process that runs it (the chief's).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from chestxray.config import Params
 from chestxray.data import layouts, sources
 from chestxray.io import write_text
 from chestxray.judge import metrics
-from chestxray.learn import backbones
+from chestxray.learn import backbones, cluster
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def check_params(params: Params, root: Path = Path(".")) -> None:
     if params.data.layout != "auto":
         layouts.get(params.data.layout)
     metrics.get(params.compare.metric)
+    cluster.task_for(params.train.distribute)  # multiworker: TF_CONFIG set and well-formed
     sources.check_source(params.data)
     for entry in params.evaluate.external:  # the audit stage reads them: a bad entry must not cost its outputs
         sources.check_external(entry, root)

@@ -58,7 +58,11 @@ def test_repository_params_are_valid(params):
             "fp16",
             "train.mixed_precision must be one of 'auto', 'float32', 'mixed_float16' or 'mixed_bfloat16', got 'fp16'",
         ),
-        ("train.distribute", "tpu", "train.distribute must be one of 'auto', 'none' or 'mirrored', got 'tpu'"),
+        (
+            "train.distribute",
+            "tpu",
+            "train.distribute must be one of 'auto', 'none', 'mirrored' or 'multiworker', got 'tpu'",
+        ),
         ("train.augment.shear", 2.0, "train.augment.shear must be less than 1, got 2.0"),
         ("data.source", "s3", "data.source must be one of 'synthetic', 'kaggle' or 'local', got 's3'"),
         ("data.task", "5class", "data.task must be one of '4class', '3class' or 'binary', got '5class'"),

@@ -1,12 +1,15 @@
 """Two-phase transfer learning: the head on a frozen pretrained base, then, from the best checkpoint so
 far, the top layers of the base at a lower rate; best checkpoint by ``train.monitor``; every epoch in
-MLflow and dvc plots."""
+MLflow and dvc plots. On one process, or on every process of a multi-worker cluster, where only the
+chief writes the project's outputs and the MLflow run."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from chestxray.config import Params, TrainSettings
 from chestxray.data.cache import cache_meta, load_split
 from chestxray.figures import figure, save_figure
 from chestxray.io import atomic_path, read_json, write_json
-from chestxray.learn import backbones, devices
+from chestxray.learn import backbones, cluster, devices
 from chestxray.learn.callbacks import (
     BatchNormPass,
     LogBatches,
@@ -64,7 +67,22 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     """Train ``params.model`` on ``root``'s image cache; write the best model and its run.json, the
     metrics, the history and the curves. The MLflow run gets the params the stage reads (``seed``,
     ``model``, ``backbones.<model>``, ``train``; ``train.seed`` as resolved: the top-level seed when
-    null), the data stages' records as provenance, every epoch's metrics and the curves."""
+    null), the data stages' records as provenance, every epoch's metrics and the curves.
+
+    With ``train.distribute: multiworker`` every process ``TF_CONFIG`` lists runs this on the same
+    cache and params; only the chief writes into ``root`` and MLflow. Each other worker writes what
+    training needs (checkpoints, history) into a temporary folder, removed when it ends."""
+    task = cluster.task_for(params.train.distribute)  # a bad TF_CONFIG fails here, before TensorFlow starts
+    strategy = devices.strategy(params.train.distribute)  # TensorFlow: before any other op of the process
+    if task is None or task.is_chief:
+        return _train(params, strategy, root, root, chief=True)
+    with tempfile.TemporaryDirectory(prefix="chestxray-worker-") as scratch:
+        log.info("%s: checkpoints and records go to %s, removed at the end; no MLflow run", task, scratch)
+        return _train(params, strategy, root, Path(scratch), chief=False)
+
+
+def _train(params: Params, strategy: tf.distribute.Strategy, root: Path, out_root: Path, chief: bool) -> dict[str, Any]:
+    """``train_model`` on ``root``'s cache, writing into ``out_root``, and, for the ``chief``, to MLflow."""
     cfg, backbone = params.train, backbones.settings(params)
     seed_everything(cfg.seed, cfg.deterministic)
     cache_dir = root / paths.CACHE_DIR
@@ -77,7 +95,7 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
             meta["occlude"],
             100 * meta["occlude"],
         )
-    policy, strategy = devices.dtype_policy(cfg.mixed_precision), devices.strategy(cfg.distribute)
+    policy = devices.dtype_policy(cfg.mixed_precision)
     batch_size = cfg.batch_size * strategy.num_replicas_in_sync
     log.info("%d replica(s), global batch %d, dtype policy %s", strategy.num_replicas_in_sync, batch_size, policy)
     x_train, y_train = load_split(cache_dir, "train")
@@ -105,24 +123,20 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         phases.append(("fine_tune", cfg.fine_tune_epochs, lr * cfg.fine_tune_lr_factor, cfg.fine_tune_layers))
     weights = class_weights(y_train, len(classes)) if cfg.imbalance == "class_weight" else None
     loss = loss_for(cfg, y_train, classes)
-    history_csv = root / paths.HISTORY_CSV
+    history_csv = out_root / paths.HISTORY_CSV
     history_csv.parent.mkdir(parents=True, exist_ok=True)
     history_csv.unlink(missing_ok=True)
     records = {"download": root / paths.DOWNLOAD_JSON, "validate": root / paths.VALIDATE_JSON}
+    resolved = {"dtype_policy": policy, "replicas": strategy.num_replicas_in_sync, "global_batch_size": batch_size}
 
     # Left in the reverse order: the run ends, the model folder goes into place, and only then
     # train.json and its headline, which tell DVC the stage is done.
     with (
-        atomic_path(root / paths.TRAIN_METRICS) as train_metrics,
-        atomic_path(root / paths.TRAIN_JSON) as train_json,
-        atomic_path(root / paths.MODEL_DIR, is_dir=True) as out,
-        tracking.run(tracking.run_tags(params.model, data_version, size, meta["occlude"])) as run_id,
+        atomic_path(out_root / paths.TRAIN_METRICS) as train_metrics,
+        atomic_path(out_root / paths.TRAIN_JSON) as train_json,
+        atomic_path(out_root / paths.MODEL_DIR, is_dir=True) as out,
+        _mlflow_run(chief, params, meta, records, resolved) as run_id,
     ):
-        resolved = {"dtype_policy": policy, "replicas": strategy.num_replicas_in_sync, "global_batch_size": batch_size}
-        tracking.log_params(
-            {**params.flat("seed", "model", f"backbones.{params.model}", "train"), "resolved": resolved}
-        )
-        tracking.log_data_records({name: read_json(path) for name, path in records.items() if path.exists()})
         mode = monitor_mode(cfg.monitor)
         checkpoint = keras.callbacks.ModelCheckpoint(
             out / "model.keras", monitor=cfg.monitor, mode=mode, save_best_only=True
@@ -174,7 +188,7 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
                         monitor=cfg.monitor, mode=mode, factor=0.5, patience=max(1, cfg.patience // 2)
                     ),
                     csv_log,
-                    to_mlflow,
+                    *([to_mlflow] if chief else []),
                     LogBatches(int(val_ds.cardinality())),  # a log line every LOG_INTERVAL s within an epoch
                 ],
                 verbose=1 if interactive() else 2,  # a terminal: Keras' bar; a log: one line per epoch
@@ -193,12 +207,14 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
             "params": int(model.count_params()),  # the checkpoint has the same architecture
             "model_mb": round((out / "model.keras").stat().st_size / 1e6, 2),
         }
-        tracking.log_metrics(metrics, prefix="train.")
+        if chief:
+            tracking.log_metrics(metrics, prefix="train.")
         run = {"run_id": run_id, "model": params.model, "weights": cfg.weights, "imbalance": cfg.imbalance}
         data = {"classes": classes, "image_size": size, "occlude": meta["occlude"], "data_version": data_version}
         write_json(out / "run.json", {**run, **data})
-        plot_history(curves, root / paths.CURVES_PNG, fine_tune_start=fine_tune_epoch)
-        tracking.log_artifacts(history_csv.parent, "train")
+        plot_history(curves, out_root / paths.CURVES_PNG, fine_tune_start=fine_tune_epoch)
+        if chief:
+            tracking.log_artifacts(history_csv.parent, "train")
         write_record("train", metrics, train_json, train_metrics)
     log.info(
         "best epoch %d (of 0..%d): val_loss %.4f, val_accuracy %.4f, val_macro_f1 %.4f",
@@ -209,6 +225,24 @@ def train_model(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         metrics["best_val_macro_f1"],
     )
     return metrics
+
+
+@contextlib.contextmanager
+def _mlflow_run(
+    chief: bool, params: Params, meta: Mapping[str, Any], records: Mapping[str, Path], resolved: Mapping[str, Any]
+) -> Iterator[str | None]:
+    """The chief's MLflow run, with the params the stage reads, what they ``resolved`` to and the
+    data ``records`` logged; its id. Any other worker: no run, None."""
+    if not chief:
+        yield None
+        return
+    tags = tracking.run_tags(params.model, meta["data_version"], meta["image_size"], meta["occlude"])
+    with tracking.run(tags) as run_id:
+        tracking.log_params(
+            {**params.flat("seed", "model", f"backbones.{params.model}", "train"), "resolved": resolved}
+        )
+        tracking.log_data_records({name: read_json(path) for name, path in records.items() if path.exists()})
+        yield run_id
 
 
 def best_epoch(curves: pd.DataFrame, monitor: str) -> pd.Series:
