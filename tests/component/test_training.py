@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from chestxray import paths
-from chestxray.config import AugmentSettings, HeadSettings
+from chestxray.config import HeadSettings
 from chestxray.io import read_json
-from chestxray.learn.inputs import augmenter, make_dataset
+from chestxray.learn.inputs import make_dataset
 from chestxray.learn.models import SparseFocalLoss
 from chestxray.learn.training import class_weights, loss_for, train_model
 from conftest import make_params, project
@@ -328,28 +328,6 @@ def test_oversample_training_runs_without_class_weights(cache_dir, tmp_path, mlf
     client = mlflow.MlflowClient(mlflow_store)
     run = client.get_run(read_json(tmp_path / "models" / "run.json")["run_id"])
     assert run.data.params["train.imbalance"] == "oversample" and metrics["epochs_run"] == 1
-
-
-def test_augmenter_builds_the_chosen_layers_and_is_seeded():
-    cfg = AugmentSettings(rotation=0.1, shift=0.1, shear=0.2, zoom=0.1, contrast=0.2, flip=True)
-    layers = [type(layer).__name__ for layer in augmenter(cfg, 0).layers]
-    assert layers == [
-        "RandomRotation",
-        "RandomTranslation",
-        "RandomShear",
-        "RandomZoom",
-        "RandomContrast",
-        "RandomFlip",
-    ]
-    assert augmenter(AugmentSettings(rotation=0, shift=0, shear=0, zoom=0, contrast=0, flip=False), 0) is None
-    shear_only = AugmentSettings(rotation=0, shift=0, shear=0.3, zoom=0, contrast=0, flip=False)
-    image = np.zeros((1, 32, 32, 1), np.float32)
-    image[:, :, 12:20] = 255.0  # a vertical bar: shearing tilts it
-    x, y = np.tile(image, (4, 1, 1, 1)).astype(np.uint8), np.zeros(4, np.int64)
-    # inside tf.data (graph mode), as in training: twice with the same seed
-    out, again = (next(iter(make_dataset(x, y, 4, False, 0, augmenter(shear_only, 5))))[0].numpy() for _ in range(2))
-    assert not np.array_equal(out, x) and np.array_equal(out, again)  # changed, and the same for the same seed
-    assert out.min() >= 0 and out.max() <= 255
 
 
 def test_mixed_precision_on_cpu_keeps_float32_outputs(cache_dir, tmp_path, mlflow_store):
