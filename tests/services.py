@@ -14,9 +14,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from conftest import wait_until_up
 
@@ -47,19 +48,22 @@ class ObjectStore:
 
     def make_bucket(self, name: str) -> str:
         """Create bucket ``name`` (with the real boto3 client); its ``s3://`` URL."""
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=self.endpoint, region_name=S3_REGION, **_boto_keys())
-        client.create_bucket(Bucket=name)
+        self._client().create_bucket(Bucket=name)
         return f"s3://{name}"
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         """Every object key in ``bucket`` under ``prefix``."""
+        pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def read(self, bucket: str, key: str) -> bytes:
+        """The bytes of object ``key`` in ``bucket``."""
+        return self._client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def _client(self) -> Any:
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.endpoint, region_name=S3_REGION, **_boto_keys())
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=S3_REGION, **_boto_keys())
 
 
 def _boto_keys() -> dict[str, str]:
@@ -70,20 +74,39 @@ def _boto_keys() -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def server(
+    command: list[str],
+    health: str,
+    what: str,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 180,
+) -> Iterator[subprocess.Popen]:
+    """Run ``command`` with its output in ``log`` until ``health`` (a URL) answers 200, within ``timeout``
+    seconds (else fail naming ``what``, with the log's end); terminate it on exit (kill after 30 s)."""
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        wait_until_up(health, process, what, lambda: _tail(log), timeout=timeout)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+@contextlib.contextmanager
 def object_store(workdir: Path) -> Iterator[ObjectStore]:
     """moto's S3 server on a free port of 127.0.0.1, stopped on exit."""
-    port, log = free_port(), workdir / "moto.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{endpoint}/moto-api/", server, "moto_server", lambda: _tail(log), timeout=60)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with server(command, f"{endpoint}/moto-api/", "moto_server", workdir / "moto.log", timeout=60):
         yield ObjectStore(endpoint, {**S3_CREDENTIALS, "AWS_DEFAULT_REGION": S3_REGION})
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def postgres_bin(name: str) -> str:
@@ -136,20 +159,11 @@ def postgres() -> Iterator[str]:
 def tracking_server(workdir: Path, backend: str, store: ObjectStore, artifacts: str) -> Iterator[str]:
     """``mlflow server`` on ``backend`` with artifacts in ``artifacts`` (an s3:// URL of ``store``),
     served through the server: clients need its URL only, no S3 credentials. Yields the URL."""
-    port, log = free_port(), workdir / "mlflow-server.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, **store.env, "MLFLOW_S3_ENDPOINT_URL": store.endpoint}
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination", artifacts]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
-    with log.open("w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/health", server, "mlflow server", lambda: _tail(log), timeout=180)
+    with server(command, f"{url}/health", "mlflow server", workdir / "mlflow-server.log", env, workdir):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()

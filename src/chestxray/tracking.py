@@ -24,6 +24,7 @@ import re
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ EXPERIMENT = "chestxray"
 OWNER = "owner."  # tags owner.host, owner.pid, owner.pid_start: the process that started the run
 METRIC_KEY_REFUSED = re.compile(r"[^\w./\- :]")  # MLflow's metric keys allow word characters and . / - space :
 AUDIT_TAG, BORDER_ONLY = "audit", "border-only"  # an audit run: trained and scored without the image's centre
+# The lock on a registered model's champion (``champion_lock``): a registered model of this name suffix
+LOCK_SUFFIX = ".lock"
+LOCK_WAIT, LOCK_STALE, LOCK_POLL = 600.0, 900.0, 0.5  # seconds: give up waiting, break a lock this old, poll
 RESUMED = "resumed"  # while a run is resumed: JSON of the resuming process and the run's status and end time before
 HEADLINE_METRICS = ("val.macro_f1", "test.macro_f1", "test.roc_auc_macro", "test.covid_sensitivity", "test.ece")
 # Says the experiment is for model training (MLflow 3.17's UI itself opens an experiment as its
@@ -453,6 +457,77 @@ def alias_version(name: str, alias: str) -> dict[str, Any] | None:
             return None
         raise
     return {"version": int(version.version), "run_id": version.run_id}
+
+
+@contextlib.contextmanager
+def champion_lock(name: str, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold the champion of the registered model ``name`` alone while the block runs. Compare and promote
+    read the champion, register and move the alias in such a block, so two at once (queued experiments,
+    a team on one server) cannot both take an empty champion or register a run twice. The lock is a
+    registered model ``<name>.lock`` in the store: only one process can create it (the store refuses a
+    second of that name, on a server as in SQLite); it names its holder (``owner.*`` tags) and is
+    deleted on exit. A lock whose holder is gone (a process of this host that died) or older than
+    ``LOCK_STALE`` is broken with a warning; after ``wait`` seconds a UserError names the holder."""
+    client, lock = _client(), f"{name}{LOCK_SUFFIX}"
+    deadline, waiting = time.monotonic() + wait, False
+    while not _take_lock(client, lock, name):
+        holder = _lock_holder(client, lock)
+        if holder is None:  # released meanwhile
+            continue
+        owner, age = holder
+        described = f"the lock {lock} (held by process {owner.get('pid')} on {owner.get('host')} for {age:.0f} s)"
+        if _is_dead(owner) or age > LOCK_STALE:
+            log.warning("breaking %s: its holder is gone or stuck", described)
+            _drop_lock(client, lock)
+            continue
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"{tracking_uri()}: {described} is still there after {wait:.0f} s; if no compare or promote is"
+                f" running, delete the registered model {lock} (MLflow UI, or MlflowClient.delete_registered_model)"
+            )
+        if not waiting:
+            log.info("waiting for %s: another compare or promote is deciding the champion of %s", described, name)
+            waiting = True
+        time.sleep(LOCK_POLL)
+    try:
+        yield
+    finally:
+        _drop_lock(client, lock)
+
+
+@_disk_full_as_os_error()
+def _take_lock(client: MlflowClient, lock: str, name: str) -> bool:
+    """Create the registered model ``lock`` naming this process; False if it exists."""
+    owner = {OWNER + k: v for k, v in _owner().items()}
+    description = f"Lock: a compare or promote is deciding the champion of {name}; deleted when it is done."
+    try:
+        client.create_registered_model(lock, tags=owner, description=description)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            return False
+        raise
+    return True
+
+
+def _lock_holder(client: MlflowClient, lock: str) -> tuple[dict[str, str], float] | None:
+    """The ``_owner`` of the lock and its age in seconds; None if there is no lock."""
+    try:
+        found = client.get_registered_model(lock)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    owner = {k.removeprefix(OWNER): v for k, v in found.tags.items() if k.startswith(OWNER)}
+    return owner, time.time() - found.creation_timestamp / 1000
+
+
+def _drop_lock(client: MlflowClient, lock: str) -> None:
+    """Delete the registered model ``lock`` (already gone: fine)."""
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
 
 
 @_disk_full_as_os_error()

@@ -2,7 +2,9 @@
 ``compare.metric`` (test shown beside it, never ranking), McNemar's test for the top two on the test
 set (reported, deciding nothing), the groups of runs that differ only in their seeds, and the
 registry alias ``champion``: it moves by itself only to a run on the champion's own data version that
-is better on validation by at least ``compare.min_delta``; ``promote`` moves it explicitly."""
+is better on validation by at least ``compare.min_delta``; ``promote`` moves it explicitly. One compare or
+promote at a time reads the champion and moves it (``tracking.champion_lock``), also when queued
+experiments or a team's members compare at once on one store."""
 
 from __future__ import annotations
 
@@ -233,11 +235,12 @@ def promote(run_id: str, cfg: CompareSettings) -> dict[str, Any]:
             f"promote: run {run_id} is a border-only audit run (data.occlude {run['tags'].get('data.occlude')}): it"
             " never saw the centre of the images and cannot be champion; promote a run trained on whole images"
         )
-    version = register(run, cfg)
-    if version is None:
-        raise UserError(f"promote: run {run_id} logged no model 'model' (not evaluated yet?); nothing to promote")
-    current = current_champion(cfg)
-    tracking.set_alias(cfg.registered_model, CHAMPION, version)
+    with tracking.champion_lock(cfg.registered_model):
+        version = register(run, cfg)
+        if version is None:
+            raise UserError(f"promote: run {run_id} logged no model 'model' (not evaluated yet?); nothing to promote")
+        current = current_champion(cfg)
+        tracking.set_alias(cfg.registered_model, CHAMPION, version)
     was = "no champion" if current is None else _describe(current)
     new = {"version": version, "run_id": run_id, **_facts(run, cfg.metric)}
     reason = f"promoted by hand: {cfg.registered_model}@{CHAMPION} was {was}, is now {_describe(new)}"
@@ -267,14 +270,17 @@ def compare_runs(cfg: CompareSettings, root: Path = Path(".")) -> dict[str, Any]
     ``metrics/compare.json``), the Markdown leaderboard and its bar chart, and the page `dvc plots` fills."""
     metric = metrics.get(cfg.metric)
     data_version = read_json(root / paths.EVALUATE_JSON)["data_version"]
-    runs = tracking.runs_for(data_version)
-    rows = leaderboard.rows(runs, metric)
+    # One compare at a time reads the runs and decides (two queued experiments may compare at once): each
+    # sees the runs every earlier one saw, and the champion they left
+    with tracking.champion_lock(cfg.registered_model):
+        runs = tracking.runs_for(data_version)
+        rows = leaderboard.rows(runs, metric)
+        contenders = [row for row in rows if not row["audit"]]  # audit runs are ranked, never champion
+        best = contenders[0] if contenders else None
+        champion = update_champion(best, data_version, cfg)
+        if champion is not None and champion["data_version"] == data_version:
+            audit_runs.refresh_card(champion["run_id"], data_version)
     unranked = [r for r in runs if f"test.{metric.name}" in r["metrics"] and not leaderboard.ranked(r, metric)]
-    contenders = [row for row in rows if not row["audit"]]  # audit runs are ranked, never champion
-    best = contenders[0] if contenders else None
-    champion = update_champion(best, data_version, cfg)
-    if champion is not None and champion["data_version"] == data_version:
-        audit_runs.refresh_card(champion["run_id"], data_version)
     keys = ("run_id", "run_name", "model", f"val.{metric.name}", f"test.{metric.name}")
     summary = {
         "data_version": data_version,
