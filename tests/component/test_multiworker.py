@@ -1,7 +1,7 @@
 """train.distribute: multiworker for real: worker processes on 127.0.0.1 (CPU) with their own TF_CONFIG,
 each running the train stage's script. Only the chief writes the project's outputs and the MLflow run;
-each worker sees its own share of every batch; the launcher (chestxray train-workers) starts, waits
-for and stops the workers."""
+each worker sees its own share of every batch; a step over two replicas is the step of one process;
+the launcher (chestxray train-workers) starts, waits for and stops the workers."""
 
 from __future__ import annotations
 
@@ -102,6 +102,47 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(cache_dir, tmp_pa
     assert loss == pytest.approx(metrics["best_val_loss"], rel=1e-3)
     f1 = macro_f1(confusion(y, probabilities.argmax(axis=1), probabilities.shape[1]))
     assert f1 == pytest.approx(metrics["best_val_macro_f1"], abs=1e-6)
+
+
+REPLICAS = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from chestxray.config import HeadSettings
+from chestxray.learn.models import build_model
+from chestxray.learn.training import synchronize_batchnorm
+x = np.random.default_rng(0).uniform(0, 255, (32, 32, 32, 1)).astype("float32")
+y = np.arange(32) % 4
+
+def step(strategy, sync):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model, _ = build_model("cnn", 32, 4, "none", {"filters": [8, 16]}, HeadSettings(dense=[], dropout=0.0))
+        if sync:
+            synchronize_batchnorm(model, strategy)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)  # one step, on the batch of 32
+    return model.get_weights()  # trainable weights and BatchNorm moving statistics
+
+one = step(tf.distribute.get_strategy(), sync=True)
+two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+differences = {sync: [float(np.abs(a - b).max()) for a, b in zip(one, step(two, sync))] for sync in (True, False)}
+print(json.dumps({sync: max(d) for sync, d in differences.items()}))
+"""
+
+
+def test_a_step_over_two_replicas_is_the_step_of_one_process():
+    """With several replicas (mirrored, multiworker), training synchronises the BatchNorm statistics:
+    a step over two replicas of 16 images gives the weights and moving statistics one process gives
+    with the batch of 32. Without it, each replica normalises with its 16 images' statistics and the
+    step differs. (MirroredStrategy over two logical CPU devices: Keras runs the same code for both.)"""
+    done = subprocess.run([sys.executable, "-c", REPLICAS], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    difference = json.loads(done.stdout.strip().splitlines()[-1])
+    assert difference["true"] < 1e-5 and difference["false"] > 1e-3, difference
 
 
 SHARES = """

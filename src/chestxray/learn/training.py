@@ -30,6 +30,7 @@ from chestxray.learn.callbacks import (
     SwapEMAWeightsWithBatchNorm,
     ValidationMacroF1,
     monitor_mode,
+    trainable_batchnorm,
 )
 from chestxray.learn.inputs import augmenter, make_dataset
 from chestxray.learn.models import SparseFocalLoss, build_model, is_pretrained, unfreeze_top
@@ -44,6 +45,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+def synchronize_batchnorm(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Over several replicas, make ``model``'s trainable BatchNorm layers normalise each training
+    batch with the statistics of the global batch (Keras' synchronized BatchNorm: an all-reduce of
+    per-channel sums per layer and step), as one process does. Alone, each replica would use those of
+    its share, a smaller batch: that trains another model (docs/training.md#gpus-and-more-machines)."""
+    if strategy.num_replicas_in_sync > 1:
+        for layer in trainable_batchnorm(model):
+            layer.synchronized = True
 
 
 def class_weights(y: np.ndarray, k: int) -> dict[int, float]:
@@ -116,6 +127,7 @@ def _train(params: Params, strategy: tf.distribute.Strategy, root: Path, out_roo
     )
     with devices.dtype_policy_scope(policy), strategy.scope():
         model, base = build_model(params.model, size, len(classes), cfg.weights, backbone.constructor_args, cfg.head)
+    synchronize_batchnorm(model, strategy)
     pretrained = is_pretrained(params.model, cfg.weights)
     lr = backbone.learning_rate
     phases = [("head" if pretrained else "full", cfg.epochs, lr, None)]
