@@ -461,31 +461,6 @@ def test_queued_sweep_runs_each_experiment_and_logs_to_the_real_store(repo, firs
     assert header == ["Path", *sorted(key for keys in HEADLINES.values() for key in keys)]
 
 
-def test_a_training_seed_sweep_keeps_one_data_version_and_one_leaderboard_group(repo, first_repro):
-    """`dvc exp run --queue -S train.seed=1,2`: the data (split.seed is still seed) stays, and the
-    leaderboard puts the two runs, which differ only in train.seed, in one group with mean ± sd."""
-    shown = run_queue(repo, "train.seed=1,2", "train.epochs=3")
-    seeded = [e for e in shown if e["params"]["params.yaml"]["data"]["train"]["seed"] in (1, 2)]
-    assert len(seeded) == 2
-    versions = {e["metrics"]["metrics/evaluate.json"]["data"]["data_version"] for e in seeded}
-    assert versions == {metrics(repo, "split")["data_version"]}
-    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("chestxray").experiment_id], "params.`train.epochs` = '3'")
-    assert sorted(r.data.params["train.seed"] for r in runs) == ["1", "2"]
-    val = [r.data.metrics["val.macro_f1"] for r in runs]
-    # compare.json as each experiment committed it (its headline has no seed groups); the later one has both runs
-    groups = [
-        g
-        for e in seeded
-        for g in json.loads(sh(repo, "git", "show", f"{e['rev']}:reports/compare.json"))["seed_groups"]
-        if set(g["runs"]) == {r.info.run_id for r in runs}
-    ]
-    [group] = groups
-    assert group["n"] == 2 and group["model"] == runs[0].data.tags["model"] == runs[1].data.tags["model"]
-    assert group["validation"]["mean"] == pytest.approx(np.mean(val), abs=1e-6)
-    assert group["validation"]["sd"] == pytest.approx(np.std(val, ddof=1), abs=1e-6)
-
-
 def test_the_lungs_removed_experiment_keeps_the_data_version_and_never_takes_the_champion(repo, first_repro):
     """`dvc exp run -S data.occlude=0.6`: prepare blacks out the centre of every image, train,
     evaluate, audit and compare run again on the same split; the run is a border-only audit run,

@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import services
@@ -297,6 +298,15 @@ def test_a_sweep_on_two_queue_workers_keeps_one_leaderboard_and_one_champion(
     assert {row["run_id"] for row in last["leaderboard"]} == run_ids and last["n_runs"] == len(SEEDS)
     board = sh(sweep_project, "git", "show", f"{records[-1][1]}:reports/leaderboard.md")
     assert all(run_id in board for run_id in run_ids)
+
+    # a training-seed sweep keeps the data version, and the leaderboard groups its runs: mean ± sd
+    split = json.loads((sweep_project / "reports/split.json").read_text())["data_version"]
+    assert {e["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]["data_version"] for e in exps} == {split}
+    [group] = [g for g in last["seed_groups"] if set(g["runs"]) == run_ids]
+    val = [r.data.metrics["val.macro_f1"] for r in runs]  # evaluate logs into the training run
+    assert group["n"] == len(SEEDS)
+    assert group["validation"]["mean"] == pytest.approx(np.mean(val), abs=1e-6)
+    assert group["validation"]["sd"] == pytest.approx(np.std(val, ddof=1), abs=1e-6)
 
     versions = client.search_model_versions(f"name = '{name}'")
     assert len({v.run_id for v in versions}) == len(versions)  # no run registered twice
