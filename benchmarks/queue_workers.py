@@ -1,6 +1,6 @@
 """Benchmark: the wall time of a queued sweep with one queue worker and with two.
 
-    python benchmarks/queue.py [--experiments 4] [--jobs 1 2] [--epochs N] [--set KEY=VALUE ...] [--out FILE]
+    python benchmarks/queue_workers.py [--experiments 4] [--jobs 1 2] [--epochs N] [--set KEY=VALUE ...] [--out FILE]
 
 In a temporary folder, the repository's last commit (``git archive HEAD``, without its results: dvc.lock,
 metrics/, reports/) becomes a fresh git repo with ``--epochs`` and ``--set`` written into its params.yaml
