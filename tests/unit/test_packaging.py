@@ -52,8 +52,8 @@ def pip_index_versions(name: str) -> subprocess.CompletedProcess:
 def test_the_chestxray_command_is_installed_with_its_verbs():
     result = subprocess.run([BIN / "chestxray", "--help"], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    verbs = re.search(r"\{([a-z,]+)\}", result.stdout).group(1).split(",")
-    assert verbs == ["predict", "app", "ui", "promote"]
+    verbs = re.search(r"\{([a-z,-]+)\}", result.stdout).group(1).split(",")
+    assert verbs == ["predict", "app", "ui", "promote", "train-workers"]
 
 
 def test_the_licence_is_mit_in_the_file_and_in_the_installed_metadata():
