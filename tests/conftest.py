@@ -129,6 +129,10 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    # and MLflow's in-process global: an earlier test's in-process run set it, and it overrides the variable
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
     return uri
 
 
