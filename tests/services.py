@@ -10,7 +10,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chestxray.__main__ import free_ports
 from conftest import wait_until_up
 
 BIN = Path(sys.executable).parent
@@ -26,13 +26,6 @@ BIN = Path(sys.executable).parent
 # or ~/.aws, never in the repository
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "team-test", "AWS_SECRET_ACCESS_KEY": "team-test-secret"}
 S3_REGION = "us-east-1"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(log: Path) -> str:
@@ -102,7 +95,7 @@ def server(
 @contextlib.contextmanager
 def object_store(workdir: Path) -> Iterator[ObjectStore]:
     """moto's S3 server on a free port of 127.0.0.1, stopped on exit."""
-    port = free_port()
+    port = free_ports(1)[0]
     endpoint = f"http://127.0.0.1:{port}"
     command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     with server(command, f"{endpoint}/moto-api/", "moto_server", workdir / "moto.log", timeout=60):
@@ -123,7 +116,7 @@ def postgres() -> Iterator[str]:
 
     PostgreSQL refuses to run as root: as root, the cluster belongs to Debian's ``postgres`` user, in a
     folder of its own under the system's temp folder (pytest's are private to root); removed on exit."""
-    data, port = Path(tempfile.mkdtemp(prefix="chestxray-pg-")), free_port()
+    data, port = Path(tempfile.mkdtemp(prefix="chestxray-pg-")), free_ports(1)[0]
     as_user: list[str] = []
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
@@ -159,7 +152,7 @@ def postgres() -> Iterator[str]:
 def tracking_server(workdir: Path, backend: str, store: ObjectStore, artifacts: str) -> Iterator[str]:
     """``mlflow server`` on ``backend`` with artifacts in ``artifacts`` (an s3:// URL of ``store``),
     served through the server: clients need its URL only, no S3 credentials. Yields the URL."""
-    port = free_port()
+    port = free_ports(1)[0]
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, **store.env, "MLFLOW_S3_ENDPOINT_URL": store.endpoint}
     env.pop("MLFLOW_TRACKING_URI", None)

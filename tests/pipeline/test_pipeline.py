@@ -16,7 +16,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from project import clean_copy, ran, run, set_params, sh
+from project import clean_copy, environment, ran, run, set_params, sh
 
 from chestxray.config import flatten
 from chestxray.learn.backbones import BACKBONES
@@ -244,8 +243,7 @@ def test_kill_9_mid_train_then_rerun_gives_the_same_model_and_a_true_mlflow(repo
     project = tmp_path / "project"
     leave_out = {repo: {"mlflow.db", "mlartifacts"}, repo / ".dvc": {"tmp"}}  # the store; DVC's locks and queue
     shutil.copytree(repo, project, ignore=lambda folder, names: leave_out.get(Path(folder), set()) & set(names))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1")
+    env = environment()
     history = project / "reports" / "train" / "history.csv"
     finished = history.read_text()  # the copy's, until train starts again
     proc = subprocess.Popen(

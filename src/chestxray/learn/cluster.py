@@ -104,16 +104,15 @@ def task_for(distribute: str, environ: Mapping[str, str] = os.environ) -> Task |
     error: that process would train alone and write the project's outputs beside the chief."""
     if distribute == "multiworker":
         return read(environ)
-    if environ.get(VARIABLE, "").strip():
-        try:
-            task = parse(json.loads(environ[VARIABLE]))
-        except (UserError, json.JSONDecodeError):
-            return None  # TF_CONFIG is not read when training on one process
-        if not task.is_chief:
-            raise UserError(
-                f"{VARIABLE} makes this process {task}, but train.distribute is {distribute!r}:"
-                " set train.distribute to multiworker, or unset TF_CONFIG to train on one process"
-            )
+    try:
+        task = read(environ)
+    except UserError:
+        return None  # TF_CONFIG unset or unusable: not read when training on one process
+    if not task.is_chief:
+        raise UserError(
+            f"{VARIABLE} makes this process {task}, but train.distribute is {distribute!r}:"
+            " set train.distribute to multiworker, or unset TF_CONFIG to train on one process"
+        )
     return None
 
 
