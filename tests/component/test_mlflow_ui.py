@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from test_compare import log_run
-from test_serving import free_port
 
 from chestxray import tracking
+from chestxray.__main__ import free_ports
 from conftest import CHROMIUM, CHROMIUM_ARGS, wait_until_up
 
 DATA_VERSION = "4bdd84e5c77a"
@@ -24,7 +24,7 @@ DATA_VERSION = "4bdd84e5c77a"
 @pytest.fixture
 def mlflow_ui(mlflow_store: str, tmp_path: Path) -> Iterator[str]:
     """``chestxray ui`` on the test's store (``MLFLOW_TRACKING_URI``, a free port on 127.0.0.1): its base URL."""
-    port = free_port()
+    port = free_ports(1)[0]
     log = tmp_path / "mlflow-ui.log"
     with log.open("wb") as out:
         server = subprocess.Popen(

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -27,7 +26,7 @@ from mlflow import MlflowClient
 
 import chestxray.learn.models  # noqa: F401  (registers the custom layer)
 from chestxray import tracking
-from chestxray.__main__ import FORMATS, main
+from chestxray.__main__ import FORMATS, free_ports, main
 from chestxray.data.cache import cache_meta
 from chestxray.data.images import load_gray
 from chestxray.errors import UserError
@@ -220,12 +219,6 @@ def test_decode_errors_name_the_file(tmp_path):
     assert serving.decode(data, 16, "x").shape == (16, 16)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     try:
@@ -236,7 +229,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 
 def test_mlflow_models_serve_answers_over_http(logged, trained_model, images, store):
-    port = free_port()
+    port = free_ports(1)[0]
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen(
         [

@@ -32,6 +32,7 @@ from mlflow import MlflowClient
 from project import environment, ran, sh
 
 from chestxray import tracking
+from chestxray.__main__ import free_ports
 from conftest import LOOPBACK, Team
 
 pytestmark = pytest.mark.integration
@@ -125,7 +126,7 @@ def test_predict_uses_the_champion_on_the_server(team: Team, tmp_path: Path):
 def test_mlflow_models_serve_loads_the_champion_from_the_server(team: Team, tmp_path: Path):
     """`mlflow models serve -m models:/chestxray@champion --env-manager local`, given only the server's URL."""
     expected = champion_predictions(team, tmp_path)
-    port = services.free_port()
+    port = free_ports(1)[0]
     command = ["mlflow", "models", "serve", "-m", "models:/chestxray@champion", "--env-manager", "local"]
     command += ["-h", "127.0.0.1", "-p", str(port)]
     url = f"http://127.0.0.1:{port}"
@@ -140,7 +141,7 @@ def test_mlflow_models_serve_loads_the_champion_from_the_server(team: Team, tmp_
 def test_the_web_page_serves_the_champion_from_the_server(team: Team, tmp_path: Path):
     """`chestxray app` in the project (its default model: the champion of params.yaml's registered model)."""
     expected = champion_predictions(team, tmp_path)
-    port = services.free_port()
+    port = free_ports(1)[0]
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "chestxray", "app", "--host", "127.0.0.1", "--port", str(port)]
     env = environment(team.env)
