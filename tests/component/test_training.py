@@ -11,13 +11,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
+from test_serving import OPERATING_POINT
 
-from chestxray import paths
+from chestxray import paths, tracking
 from chestxray.config import HeadSettings
+from chestxray.data.cache import cache_meta, load_split
 from chestxray.io import read_json
-from chestxray.learn.inputs import make_dataset
+from chestxray.learn import devices, explain
+from chestxray.learn.inputs import Augment, make_dataset
 from chestxray.learn.models import SparseFocalLoss
 from chestxray.learn.training import class_weights, loss_for, train_model
+from chestxray.serve import serving
 from conftest import make_params, project
 
 MV2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
@@ -345,6 +350,45 @@ def test_mixed_precision_on_cpu_keeps_float32_outputs(cache_dir, tmp_path, mlflo
     assert run.data.params["resolved.replicas"] == "1" and run.data.params["resolved.global_batch_size"] == "16"
 
 
+def test_on_a_gpu_the_model_augments_and_the_input_pipeline_only_gathers_uint8(
+    cache_dir, tmp_path, mlflow_store, monkeypatch
+):
+    """What training does when a GPU is visible. There is none here: ``devices.augment_on_device``
+    is forced to say there is, and the same code runs on the CPU."""
+    monkeypatch.setattr(devices, "augment_on_device", lambda: True)
+    batches = []
+    fit = keras.Model.fit
+
+    def recording_fit(self, x, *args, **kwargs):
+        batches.append(x.element_spec)
+        return fit(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    _, metrics = run_training(cache_dir, tmp_path, **{"train.epochs": 4})
+    images, _ = batches[0]
+    assert images.dtype == tf.uint8 and images.shape[1:] == (32, 32, 1)  # what crosses to the device
+    model = keras.models.load_model(tmp_path / "models" / "model.keras")
+    augment = model.layers[1]
+    assert isinstance(augment, Augment) and augment.on_device and augment.seed == 42
+    # in training it augments, a new draw each call; it advanced once per training step
+    x_test, _ = load_split(cache_dir, "test")
+    batch = tf.constant(x_test[:8])
+    first, second = (augment(batch, training=True).numpy() for _ in range(2))
+    assert np.abs(first - x_test[:8]).mean() > 5 and np.abs(first - second).mean() > 5
+    # outside training it passes images through: the saved model predicts as the model after it does
+    after = keras.Model(model.get_layer("preprocess").input, model.output)
+    expected = after.predict(x_test.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(model.predict(x_test, verbose=0), expected, atol=1e-6)
+    np.testing.assert_allclose(explain.gradcam(model, x_test[:4]), explain.gradcam(after, x_test[:4]), atol=1e-5)
+    # and it is served: the pyfunc model loads it (the layer is registered) and gives the same probabilities
+    meta = cache_meta(cache_dir)
+    with tracking.run(tracking.run_tags("cnn", meta["data_version"], 32)) as run_id:
+        serving.log_model(tmp_path / "models" / "model.keras", meta["classes"], 32, OPERATING_POINT)
+    served = serving.load(f"runs:/{run_id}/model")
+    np.testing.assert_allclose(served.probabilities(x_test[..., 0]), expected, atol=1e-5)
+    assert metrics["best_val_macro_f1"] > 0.5  # it learned
+
+
 MIRRORED = """
 import sys
 from pathlib import Path
@@ -353,7 +397,10 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, sys.argv[3])
 from conftest import make_params, project
+from chestxray.learn import devices, explain
 from chestxray.learn.training import train_model
+if sys.argv[4] == "mirrored":  # as on a machine with two GPUs, which augments on them (forced: no GPU here)
+    devices.augment_on_device = lambda: True
 params = make_params(**{"backbones.cnn.filters": [8, 16], "train.epochs": 2, "train.batch_size": 8,
                         "train.distribute": sys.argv[4]})
 out = Path(sys.argv[2])
@@ -363,8 +410,8 @@ train_model(params, project(out, cache=Path(sys.argv[1])))
 
 
 def test_mirrored_strategy_over_two_cpu_devices_scales_the_batch(cache_dir, tmp_path, mlflow_store):
-    """MirroredStrategy for real, over two logical CPU devices (a GPU machine mirrors over GPUs);
-    in a subprocess because devices are fixed when TensorFlow starts."""
+    """MirroredStrategy for real, over two logical CPU devices (a GPU machine mirrors over GPUs, and
+    augments on them); in a subprocess because devices are fixed when TensorFlow starts."""
     tests = str(Path(__file__).resolve().parents[1])
     for setting in ("mirrored", "auto"):
         done = subprocess.run(
@@ -390,3 +437,6 @@ def test_mirrored_strategy_over_two_cpu_devices_scales_the_batch(cache_dir, tmp_
     assert len(history) == 2 and read_json(tmp_path / "mirrored" / paths.TRAIN_JSON)["best_val_loss"] == pytest.approx(
         history["val_loss"].min()
     )
+    # the mirrored run augmented on its two devices, the other in its input pipeline
+    first = {s: keras.models.load_model(tmp_path / s / "models" / "model.keras").layers[1] for s in resolved}
+    assert isinstance(first["mirrored"], Augment) and not isinstance(first["auto"], Augment)

@@ -44,7 +44,8 @@ class BatchNormPass:
     layer's moving mean and variance to the statistics of its inputs over the whole pass, under the
     model's current weights.
 
-    The model runs in training mode up to its last top-level BatchNorm layer (the head's), so every
+    The model runs in training mode from its preprocessing (past an on-device augmentation: the pass
+    reads the batches unaugmented) up to its last top-level BatchNorm layer (the head's), so every
     BatchNorm layer sees its inputs as in training (earlier layers normalising with batch
     statistics) and the head's dropout draws no random numbers. With momentum 0 for the pass, each
     layer's moving statistics are its batch's mean and variance after each batch; they are pooled,
@@ -55,7 +56,7 @@ class BatchNormPass:
     def __init__(self, model: keras.Model, images: tf.data.Dataset) -> None:
         self.layers = trainable_batchnorm(model)
         last = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)][-1]
-        upto = keras.Model(model.inputs, last.output)
+        upto = keras.Model(model.get_layer("preprocess").input, last.output)
         self.images = images.take(BN_BATCHES)
         self.batches = int(self.images.cardinality())  # negative when tf.data cannot tell (oversampling)
         self.forward = tf.function(lambda x: upto(x, training=True))  # traced with momentum 0, see run

@@ -1,5 +1,6 @@
 """Precision and placement from params: mixed precision on GPUs, MirroredStrategy over several,
-MultiWorkerMirroredStrategy over several processes (``TF_CONFIG``, see ``learn.cluster``)."""
+MultiWorkerMirroredStrategy over several processes (``TF_CONFIG``, see ``learn.cluster``), and
+augmentation on the GPU when there is one."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ def dtype_policy(setting: str) -> str:
     if setting != "auto":
         return setting
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+def augment_on_device() -> bool:
+    """Whether training augments on the accelerator (a GPU is visible): the model's first layer
+    augments, and the input pipeline only gathers uint8 batches for it."""
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def strategy(setting: str) -> tf.distribute.Strategy:

@@ -72,7 +72,13 @@ class SparseFocalLoss(keras.losses.Loss):
 
 
 def build_model(
-    name: str, image_size: int, n_classes: int, weights: str, settings: dict[str, Any], head: HeadSettings
+    name: str,
+    image_size: int,
+    n_classes: int,
+    weights: str,
+    settings: dict[str, Any],
+    head: HeadSettings,
+    augment: layers.Layer | None = None,
 ) -> tuple[keras.Model, keras.Model]:
     """Return (model, base): input (size, size, 1) grey 0–255 → class probabilities.
 
@@ -80,10 +86,11 @@ def build_model(
     stay fixed, also once its top layers are unfrozen for fine-tuning. The head is global average
     pooling → batch norm → dropout → ``head.dense`` hidden layers → softmax (kept in float32
     under mixed precision). ``settings`` are the base's constructor arguments (``backbones.<name>``
-    less its learning rate).
+    less its learning rate). ``augment``, an on-device augmentation, goes first: it augments in
+    training and passes images through otherwise.
     """
     inputs = keras.Input((image_size, image_size, 1), name="image")
-    x = Preprocess(name, name="preprocess")(inputs)
+    x = Preprocess(name, name="preprocess")(inputs if augment is None else augment(inputs))
     base = _base(name, image_size, weights, settings)
     x = base(x, training=False) if is_pretrained(name, weights) else base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)

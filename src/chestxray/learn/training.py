@@ -111,22 +111,22 @@ def _train(params: Params, strategy: tf.distribute.Strategy, root: Path, out_roo
     log.info("%d replica(s), global batch %d, dtype policy %s", strategy.num_replicas_in_sync, batch_size, policy)
     x_train, y_train = load_split(cache_dir, "train")
     x_val, y_val = load_split(cache_dir, "val")
+    with devices.dtype_policy_scope(policy), strategy.scope():  # the scope holds the augmentation's seed state
+        augment = augmenter(cfg.augment, cfg.seed, on_device=devices.augment_on_device())
+        on_device = augment if augment is not None and augment.on_device else None
+        model, base = build_model(
+            params.model, size, len(classes), cfg.weights, backbone.constructor_args, cfg.head, on_device
+        )
+    if augment is not None:
+        log.info("augmentation runs %s", "on the device, in the model" if on_device else "in the input pipeline")
     train_ds = make_dataset(
-        x_train,
-        y_train,
-        batch_size,
-        True,
-        cfg.seed,
-        augmenter(cfg.augment, cfg.seed),
-        balanced=cfg.imbalance == "oversample",
+        x_train, y_train, batch_size, True, cfg.seed, augment, balanced=cfg.imbalance == "oversample"
     )
     val_ds = make_dataset(x_val, y_val, batch_size, False, cfg.seed)
     # the batches training sees, without augmentation: for the BatchNorm statistics of the averaged weights
     bn_images = make_dataset(x_train, y_train, batch_size, True, cfg.seed, balanced=cfg.imbalance == "oversample").map(
         lambda images, _: images
     )
-    with devices.dtype_policy_scope(policy), strategy.scope():
-        model, base = build_model(params.model, size, len(classes), cfg.weights, backbone.constructor_args, cfg.head)
     synchronize_batchnorm(model, strategy)
     pretrained = is_pretrained(params.model, cfg.weights)
     lr = backbone.learning_rate

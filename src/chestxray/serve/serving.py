@@ -86,7 +86,7 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
 
-        import chestxray.learn.models  # noqa: F401  (registers the preprocessing layer and focal loss)
+        import chestxray.learn.models  # noqa: F401  (registers the custom layers and the focal loss)
 
         self.keras_model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
         settings = json.loads(Path(context.artifacts["settings"]).read_text(encoding="utf-8"))
