@@ -370,7 +370,7 @@ def test_on_a_gpu_the_model_augments_and_the_input_pipeline_only_gathers_uint8(
     model = keras.models.load_model(tmp_path / "models" / "model.keras")
     augment = model.layers[1]
     assert isinstance(augment, Augment) and augment.on_device and augment.seed == 42
-    # in training it augments, a new draw each call; it advanced once per training step
+    # in training it augments, a new draw each call
     x_test, _ = load_split(cache_dir, "test")
     batch = tf.constant(x_test[:8])
     first, second = (augment(batch, training=True).numpy() for _ in range(2))
@@ -387,6 +387,10 @@ def test_on_a_gpu_the_model_augments_and_the_input_pipeline_only_gathers_uint8(
     served = serving.load(f"runs:/{run_id}/model")
     np.testing.assert_allclose(served.probabilities(x_test[..., 0]), expected, atol=1e-5)
     assert metrics["best_val_macro_f1"] > 0.5  # it learned
+    # its draws come from train.seed: a rerun trains the same weights
+    run_training(cache_dir, tmp_path / "again", **{"train.epochs": 4})
+    again = keras.models.load_model(tmp_path / "again" / "models" / "model.keras").get_weights()
+    assert all(np.array_equal(u, v) for u, v in zip(model.get_weights(), again, strict=True))
 
 
 MIRRORED = """
@@ -397,7 +401,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, sys.argv[3])
 from conftest import make_params, project
-from chestxray.learn import devices, explain
+from chestxray.learn import devices
 from chestxray.learn.training import train_model
 if sys.argv[4] == "mirrored":  # as on a machine with two GPUs, which augments on them (forced: no GPU here)
     devices.augment_on_device = lambda: True

@@ -111,11 +111,17 @@ def _train(params: Params, strategy: tf.distribute.Strategy, root: Path, out_roo
     log.info("%d replica(s), global batch %d, dtype policy %s", strategy.num_replicas_in_sync, batch_size, policy)
     x_train, y_train = load_split(cache_dir, "train")
     x_val, y_val = load_split(cache_dir, "val")
+    on_device = devices.augment_on_device()
     with devices.dtype_policy_scope(policy), strategy.scope():  # the scope holds the augmentation's seed state
-        augment = augmenter(cfg.augment, cfg.seed, on_device=devices.augment_on_device())
-        on_device = augment if augment is not None and augment.on_device else None
+        augment = augmenter(cfg.augment, cfg.seed, on_device=on_device)
         model, base = build_model(
-            params.model, size, len(classes), cfg.weights, backbone.constructor_args, cfg.head, on_device
+            params.model,
+            size,
+            len(classes),
+            cfg.weights,
+            backbone.constructor_args,
+            cfg.head,
+            augment if on_device else None,
         )
     if augment is not None:
         log.info("augmentation runs %s", "on the device, in the model" if on_device else "in the input pipeline")
